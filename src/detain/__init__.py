@@ -1,0 +1,36 @@
+"""detain: run untrusted Python in a disposable sandbox and see what it did.
+
+    >>> import detain
+    >>> result = detain.run(code="print(6 * 7)", timeout=10)
+    >>> result.stdout, result.status
+    (b'42\\n', 0)
+
+Importing detain has no side effects and imports nothing heavy: names resolve on use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["run", "Sandbox", "Policy", "Job", "Result", "DetainError", "load_policy"]
+
+_EXPORTS = {
+    "run": "api", "Sandbox": "api", "Policy": "policy", "load_policy": "policy", "Job": "job",
+    "Result": "result", "DetainError": "errors",
+}
+
+if TYPE_CHECKING:
+    from .api import Sandbox, run
+    from .errors import DetainError
+    from .job import Job
+    from .policy import Policy, load_policy
+    from .result import Result
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'detain' has no attribute {name!r}")

@@ -1,0 +1,258 @@
+"""The lifecycle every host-driven backend shares.
+
+A backend only says how to *launch* its sandbox (`launch`) and what it can see of it
+(`probe`, `host_assurance`). Creating the run dir, staging the job, limits, the channel,
+supervision, limit attribution, copy-out and cleanup happen here, once, for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DetainError
+from ..guest import LAUNCHER
+from ..host import cgroups, privileges, rundir
+from ..host.copyout import copy_out
+from ..host.interpreter import Interpreter, find_interpreter
+from ..host.supervise import Capture, Outcome, supervise
+from ..job import Job
+from ..policy import SCRATCH, Policy
+from ..result import Result
+from . import BACKENDS, Probe
+
+GUEST_PATH = "/usr/local/bin:/usr/bin:/bin"
+SANDBOX_UID = 1000
+
+
+@dataclass
+class Launch:
+    """How to start the sandbox; `pass_fds` are handed to it and closed here once it runs."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...] = ()
+    cwd: str | None = None
+
+
+@dataclass
+class RunContext:
+    """Everything prepared on the host for one run, handed to the backend's `launch`."""
+
+    job: Job
+    policy: Policy
+    run: rundir.RunDir
+    interpreter: Interpreter
+    scratch: Path
+    job_dir: Path
+    channel_fd: int
+    uid: int | None
+    cgroup: cgroups.Cgroup | None
+    setup: privileges.ChildSetup
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rlimits(self) -> str:
+        """The launcher's limits; address space only when no cgroup holds memory."""
+        lim = self.policy.limits
+        values = {"CPU": math.ceil(lim.cpu_seconds), "NPROC": lim.processes,
+                  "FSIZE": lim.disk_bytes, "NOFILE": lim.open_files, "CORE": 0}
+        if self.cgroup is None:
+            values["AS"] = lim.memory_bytes
+        return ",".join(f"{k}={v}" for k, v in values.items())
+
+    def guest_command(self, python: str, launcher: str, job_dir: str) -> list[str]:
+        """The command that runs inside the sandbox: interpreter, launcher, job."""
+        target = self.job.target
+        if self.job.kind == "script":
+            target = f"{job_dir}/{Path(self.job.target).name}"
+        return [python, *self.policy.interpreter_flags, launcher, str(self.channel_fd),
+                self.rlimits, self.job.kind, target, *self.job.args]
+
+    def guest_env(self, home: str) -> dict[str, str]:
+        return {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "HOME": home, **self.policy.env}
+
+
+class Backend:
+    """Base for backends that start a sandbox process on this host."""
+
+    name = ""
+    extra_pids = 0  # processes the sandbox machinery itself needs inside the pids limit
+
+    @property
+    def level(self) -> int:
+        return BACKENDS[self.name].level
+
+    def probe(self) -> Probe:
+        raise NotImplementedError
+
+    def launch(self, ctx: RunContext) -> Launch:
+        raise NotImplementedError
+
+    def kill(self, ctx: RunContext, proc) -> None:
+        """End the whole sandbox: the process group, then anything left in cgroup or uid."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if ctx.cgroup is not None:
+            ctx.cgroup.kill()
+        if ctx.uid is not None:
+            privileges.kill_uid(ctx.uid)
+
+    def host_assurance(self, ctx: RunContext, seen: dict[str, Any]) -> dict[str, Any]:
+        """Backend-specific observations to add to the common assurance."""
+        return {}
+
+    def run(self, job: Job, policy: Policy, *, stdout: Callable[[bytes], None] | None = None,
+            stderr: Callable[[bytes], None] | None = None) -> Result:
+        """Run `job` in a fresh sandbox and return what happened; always cleans up."""
+        result = Result(backend=self.name, level=self.level, job=job.describe(),
+                        policy=policy.describe())
+        rundir.sweep()
+        with rundir.RunDir() as run:
+            read_fd, write_fd = os.pipe()
+            child_only = [write_fd]
+            try:
+                ctx = self._prepare(job, policy, run, write_fd)
+                launch = self.launch(ctx)
+                child_only += launch.pass_fds
+                outcome = supervise(
+                    launch.argv, env=launch.env, cwd=launch.cwd, timeout=policy.limits.wall_seconds,
+                    stdout=Capture("stdout", policy.limits.output_bytes, stdout),
+                    stderr=Capture("stderr", policy.limits.output_bytes, stderr),
+                    stdin=job.stdin, preexec=ctx.setup if ctx.setup.needed() else None,
+                    pass_fds=tuple(child_only), channel=read_fd,
+                    kill=lambda proc: self.kill(ctx, proc), close_after_start=child_only)
+                self._fill(result, ctx, outcome)
+                if policy.copy_out and result.error is None:
+                    report = copy_out(ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
+                    result.copied_out = report.copied
+                    result.notes += [f"copy-out skipped {item}" for item in report.skipped]
+            finally:
+                for fd in (read_fd, *child_only):
+                    os.close(fd)
+        return result
+
+    def _prepare(self, job: Job, policy: Policy, run: rundir.RunDir, channel_fd: int) -> RunContext:
+        uid = privileges.fresh_uid() if privileges.is_root() else None
+        setup = privileges.ChildSetup(uid=uid)
+        if uid is not None:
+            privileges.load_libc()
+            run.record("uid", uid)
+        scratch = run.subdir("scratch", 0o700)
+        if uid is not None:
+            run.record("mount", str(scratch))
+            privileges.mount_scratch(scratch, policy.limits.disk_bytes, uid)
+        job_dir = run.subdir("job", 0o755)
+        if job.kind == "script":
+            staged = job_dir / Path(job.target).name
+            shutil.copyfile(job.target, staged)
+            os.chmod(staged, 0o644)
+        cgroup = None
+        if uid is not None:
+            try:
+                cgroup = cgroups.Cgroup.create(run, policy.limits.memory_bytes,
+                                               policy.limits.processes + self.extra_pids)
+            except OSError as exc:
+                raise DetainError(f"could not set up cgroup limits ({exc}); check that "
+                                  "/sys/fs/cgroup is writable or run detain unprivileged") from None
+        if cgroup is not None:
+            setup.cgroup_procs = cgroup.procs_files
+        return RunContext(job, policy, run, find_interpreter(policy.python), scratch, job_dir,
+                          channel_fd, uid, cgroup, setup)
+
+    def _fill(self, result: Result, ctx: RunContext, outcome: Outcome) -> None:
+        limits = ctx.policy.limits
+        result.stdout, result.stderr = bytes(outcome.stdout.data), bytes(outcome.stderr.data)
+        result.stdout_truncated = outcome.stdout.truncated
+        result.stderr_truncated = outcome.stderr.truncated
+        result.wall_seconds = round(outcome.ended - outcome.started, 4)
+        result.timed_out = outcome.timed_out
+        if outcome.rusage is not None:
+            result.cpu_seconds = round(outcome.rusage.ru_utime + outcome.rusage.ru_stime, 4)
+            result.peak_memory_bytes = outcome.rusage.ru_maxrss * 1024
+        code = outcome.returncode
+        if code is not None and code < 0:
+            result.signal = -code
+        elif code is not None and self.signal_as_exit_status and 128 < code < 160:
+            result.signal = code - 128
+        else:
+            result.exit_code = code
+        hello = next((r for r in outcome.records if r.get("type") == "hello"), None)
+        if hello is None and not outcome.timed_out:
+            tail = result.stderr[-2000:].decode("utf-8", "replace").strip()
+            result.error = (f"the {self.name} sandbox failed to start"
+                            + (f": {tail}" if tail else "") + "; run `detain doctor`")
+            return
+        seen = hello.get("assurance", {}) if hello else {}
+        result.assurance = self._assurance(ctx, seen if isinstance(seen, dict) else {})
+        if ctx.cgroup is not None:
+            result.peak_memory_bytes = max(result.peak_memory_bytes, ctx.cgroup.peak_memory())
+            if ctx.cgroup.pids_refusals():
+                result.notes.append(f"process limit reached: {ctx.cgroup.pids_refusals()} "
+                                    "fork(s) refused (kernel)")
+        result.notes += ctx.notes
+        if outcome.timed_out:
+            return
+        if ctx.cgroup is not None and ctx.cgroup.oom_kills():
+            result.limit = "memory"
+            result.notes.append("memory limit hit: the kernel's OOM killer ended the job")
+        elif any(r.get("type") == "exit" and r.get("memory_error") is True
+                 for r in outcome.records):
+            result.limit = "memory"
+            result.notes.append("memory limit hit: MemoryError under RLIMIT_AS (reported from "
+                                "inside the sandbox, in-process)")
+        elif result.signal in (signal.SIGXCPU, signal.SIGKILL) and \
+                result.cpu_seconds >= limits.cpu_seconds * 0.95:
+            result.limit = "cpu"
+            result.notes.append("CPU time limit hit (RLIMIT_CPU)")
+
+    signal_as_exit_status = False  # True where the sandbox reports a signal as 128+N
+
+    def _assurance(self, ctx: RunContext, seen: dict[str, Any]) -> dict[str, Any]:
+        status = seen.get("status") if isinstance(seen.get("status"), dict) else {}
+        inner_ns = seen.get("namespaces") if isinstance(seen.get("namespaces"), dict) else {}
+        entered = []
+        for name, link in inner_ns.items():
+            try:
+                if link and link != os.readlink(f"/proc/self/ns/{name}"):
+                    entered.append(name)
+            except OSError:
+                continue
+        cap_eff = str(status.get("CapEff", ""))
+        assurance = {
+            "observed_from": "inside the sandbox, before the job ran",
+            "uid": seen.get("uid"), "gid": seen.get("gid"),
+            "host_uid": ctx.uid if ctx.uid is not None else os.geteuid(),
+            "namespaces": sorted(entered),
+            "seccomp": status.get("Seccomp") == "2",
+            "seccomp_filters": _int(status.get("Seccomp_filters")),
+            "no_new_privs": status.get("NoNewPrivs") == "1",
+            "capabilities": "none" if cap_eff and set(cap_eff) <= {"0"} else cap_eff,
+            "network_interfaces": seen.get("interfaces"),
+            "environment": seen.get("environ_keys"),
+            "rlimits": seen.get("rlimits"),
+            "cgroup": ({"version": ctx.cgroup.version, **ctx.cgroup.applied}
+                       if ctx.cgroup is not None else None),
+            "scratch_disk_cap": "tmpfs (all files)" if ctx.uid is not None
+                                else "per file (RLIMIT_FSIZE)",
+            "interpreter": {"path": ctx.interpreter.executable,
+                            "version": ctx.interpreter.version,
+                            "flags": list(ctx.policy.interpreter_flags)},
+        }
+        assurance.update(self.host_assurance(ctx, seen))
+        return assurance
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

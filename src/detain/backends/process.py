@@ -1,0 +1,54 @@
+"""Level 1: the hardened interpreter, with no namespaces of its own.
+
+Isolated mode, an empty environment, rlimits set by the launcher, its own session, and
+(when detain runs as root) a fresh unprivileged uid, no-new-privs, and a private mount
+namespace in which every world-writable directory is covered by an empty read-only tmpfs:
+the uid owns nothing on the host, so its scratch dir is the only place it can write.
+Run unprivileged, the job runs as you and can read and write what you can: that is what
+level 1 means, and why `auto` prefers level 2.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from ..errors import ProtectionError
+from ..guest import LAUNCHER
+from . import Probe
+from .base import Backend, Launch, RunContext
+
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
+class ProcessBackend(Backend):
+    name = "process"
+
+    def probe(self) -> Probe:
+        return Probe(True, version=f"Python {platform.python_version()}")
+
+    def launch(self, ctx: RunContext) -> Launch:
+        if ctx.policy.mounts:
+            raise ProtectionError("the process backend has no mount namespace, so --mount "
+                                  "cannot be honoured; use --backend bwrap (or auto)")
+        setup = ctx.setup
+        setup.no_new_privs = True
+        interp = ctx.interpreter
+        staged = setup.prepare_stage(ctx.run.path,
+                                     [Path(d) for d in interp.bind_dirs] + [LAUNCHER.parent])
+        if ctx.uid is not None:
+            run_path = str(ctx.run.path)
+            setup.hide = [d for d in WORLD_WRITABLE
+                          if os.path.isdir(d) and not run_path.startswith(d + "/")]
+        python = setup.remap(interp.executable, staged)
+        launcher = setup.remap(str(LAUNCHER), staged)
+        return Launch(ctx.guest_command(python, launcher, str(ctx.job_dir)),
+                      env=ctx.guest_env(home=str(ctx.scratch)), cwd=str(ctx.scratch))
+
+    def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
+        return {"hidden_dirs": list(ctx.setup.hide),
+                "private_mount_namespace": bool(ctx.setup.hide or ctx.setup.stage)}
+
+
+BACKEND = ProcessBackend()

@@ -1,0 +1,21 @@
+"""Errors a user can cause, each carrying a message that says what to do.
+
+The CLI turns every `DetainError` into one line on stderr and exit status 2; anything
+else escaping is a bug in detain, not in the user's input.
+"""
+
+
+class DetainError(Exception):
+    """A problem with the user's input or host that detain can explain in one line."""
+
+
+class PolicyError(DetainError):
+    """An invalid policy value (flag, policy file or [tool.detain])."""
+
+
+class BackendUnavailable(DetainError):
+    """The requested backend cannot run on this host; the message says why and what to do."""
+
+
+class ProtectionError(DetainError):
+    """A protection the policy asks for could not be applied (DESIGN rule 4: an error, not a warning)."""

@@ -1,0 +1,1 @@
+"""Host-side machinery shared by every backend: run dirs, supervision, limits, privileges."""

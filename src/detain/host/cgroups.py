@@ -1,0 +1,169 @@
+"""Memory and process limits through cgroups (v2, or v1 as on this kind of host).
+
+Limits are written, then read back: what the Result reports is what the kernel accepted.
+The kernel's own counters (OOM kills, pids.max hits, peak memory) are observations the
+job cannot forge, unlike anything said from inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .rundir import RunDir, cleaner
+
+ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "freezer")
+
+
+def _write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _counter(text: str, key: str) -> int:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def version() -> int | None:
+    """2 for a unified hierarchy, 1 for v1 memory+pids, None when neither is writable."""
+    if (ROOT / "cgroup.controllers").exists():
+        return 2 if os.access(ROOT, os.W_OK) else None
+    if all(os.access(ROOT / c, os.W_OK) for c in V1_CONTROLLERS):
+        return 1
+    return None
+
+
+@dataclass
+class Cgroup:
+    version: int
+    dirs: dict[str, Path]
+    applied: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, run: RunDir, memory: int, pids: int) -> Cgroup | None:
+        """A fresh cgroup for this run, or None when this host gives us none to write."""
+        ver = version()
+        if ver is None:
+            return None
+        name = run.path.name
+        if ver == 2:
+            parent = ROOT / "detain"
+            if not parent.exists():
+                parent.mkdir(exist_ok=True)
+            for holder in (ROOT, parent):
+                enabled = _read(holder / "cgroup.subtree_control").split()
+                missing = [c for c in ("memory", "pids") if c not in enabled]
+                if missing:
+                    _write(holder / "cgroup.subtree_control", " ".join("+" + c for c in missing))
+            dirs = {"unified": parent / name}
+        else:
+            dirs = {c: ROOT / c / "detain" / name for c in V1_CONTROLLERS}
+        for path in dirs.values():
+            run.record("cgroup", str(path))
+            path.mkdir(parents=True)
+        group = cls(ver, dirs)
+        group._limit(memory, pids)
+        return group
+
+    def _file(self, controller: str, v1: str, v2: str) -> Path:
+        if self.version == 2:
+            return self.dirs["unified"] / v2
+        return self.dirs[controller] / v1
+
+    def _limit(self, memory: int, pids: int) -> None:
+        mem_file = self._file("memory", "memory.limit_in_bytes", "memory.max")
+        pids_file = self._file("pids", "pids.max", "pids.max")
+        _write(mem_file, str(memory))
+        _write(pids_file, str(pids))
+        if self.version == 2 and (self.dirs["unified"] / "memory.swap.max").exists():
+            _write(self.dirs["unified"] / "memory.swap.max", "0")
+        self.applied = {"memory": int(_read(mem_file).strip() or 0),
+                        "pids": int(_read(pids_file).strip() or 0)}
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(path / "cgroup.procs") for path in self.dirs.values()]
+
+    def peak_memory(self) -> int:
+        text = _read(self._file("memory", "memory.max_usage_in_bytes", "memory.peak")).strip()
+        return int(text) if text.isdigit() else 0
+
+    def oom_kills(self) -> int:
+        return _counter(_read(self._file("memory", "memory.oom_control", "memory.events")),
+                        "oom_kill")
+
+    def pids_refusals(self) -> int:
+        return _counter(_read(self._file("pids", "pids.events", "pids.events")), "max")
+
+    def kill(self) -> None:
+        kill_cgroup(self.version, self.dirs)
+
+
+def kill_cgroup(ver: int, dirs: dict[str, Path]) -> None:
+    """Freeze, SIGKILL every member, thaw, and wait until the group is empty."""
+    if ver == 2:
+        unified = dirs["unified"]
+        if (unified / "cgroup.kill").exists():
+            _write(unified / "cgroup.kill", "1")
+        procs = unified / "cgroup.procs"
+    else:
+        freezer = dirs.get("freezer")
+        procs = (dirs.get("pids") or next(iter(dirs.values()))) / "cgroup.procs"
+        if freezer is not None and freezer.exists():
+            _write(freezer / "freezer.state", "FROZEN")
+        for pid in _read(procs).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if freezer is not None and freezer.exists():
+            _write(freezer / "freezer.state", "THAWED")
+    for _ in range(400):
+        remaining = _read(procs).split()
+        if not remaining:
+            return
+        for pid in remaining:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+
+
+@cleaner("cgroup")
+def remove_cgroup(path_text: str) -> None:
+    path = Path(path_text)
+    if not path.exists():
+        return
+    ver = 2 if path.parent.parent == ROOT else 1
+    if ver == 1:
+        kill_cgroup(1, {path.parent.parent.name: path})
+    else:
+        kill_cgroup(2, {"unified": path})
+    for _ in range(200):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.005)
+    path.rmdir()

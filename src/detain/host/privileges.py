@@ -1,0 +1,199 @@
+"""Running the sandbox as nobody in particular.
+
+When detain runs as root, every run gets its own unused uid from a high range, so the job
+owns no host file, cannot signal any other process (not even another run's), and
+RLIMIT_NPROC counts exactly this run. The uid is recorded in the run's state so that
+cleanup can kill every process still owned by it, whichever way the job tried to escape
+its process group.
+
+Some bind sources (a pyenv interpreter under /root, a mount from the caller's home) are
+not reachable by that uid. They are staged: in a private mount namespace of the child
+process, before it drops privileges, each source is bind-mounted under the run dir, which
+the uid can traverse. The namespace dies with the child, so staging leaves no mount behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .rundir import cleaner
+
+UID_BASE = 0x7E000000
+UID_SPAN = 1 << 20
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def fresh_uid() -> int:
+    return UID_BASE + secrets.randbelow(UID_SPAN)
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Whether an unrelated uid can reach `path`: every parent dir must be o+x."""
+    path = Path(os.path.abspath(path))
+    for parent in reversed(path.parents):
+        try:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+    return mode & need == need
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Live processes of `uid`; zombies are skipped (they hold nothing but a pid)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    state = handle.read(512).rpartition(b")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"Z", b"X"):
+                pids.append(int(entry.name))
+    return pids
+
+
+@cleaner("uid")
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid`: kill(-1) sent *as* that uid reaches exactly those."""
+    killer = shutil.which("kill") or "/bin/kill"
+    for _ in range(50):
+        if not pids_of_uid(uid):
+            return
+        if os.path.exists(killer):
+            argv = [killer, "-9", "-1"]
+        else:
+            argv = [sys.executable, "-I", "-S", "-c", "import os; os.kill(-1, 9)"]
+        subprocess.run(argv, user=uid, group=uid, extra_groups=[], env={},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        time.sleep(0.005)
+    raise RuntimeError(f"processes of uid {uid} survived SIGKILL")
+
+
+@dataclass
+class ChildSetup:
+    """Steps run in the child between fork and exec (subprocess's preexec_fn).
+
+    Order matters: mounts and cgroup joins need root, so they come before the uid drop;
+    the parent-death signal is reset by a uid change, so it comes after.
+    """
+
+    uid: int | None = None
+    stage: list[tuple[str, str]] = field(default_factory=list)
+    hide: list[str] = field(default_factory=list)
+    cgroup_procs: list[str] = field(default_factory=list)
+    no_new_privs: bool = False
+
+    def needed(self) -> bool:
+        return bool(self.uid is not None or self.stage or self.hide or self.cgroup_procs
+                    or self.no_new_privs)
+
+    def prepare_stage(self, rundir: Path, sources: list[Path]) -> dict[Path, Path]:
+        """Plan staging for sources the sandbox uid cannot reach; returns host→staged path."""
+        staged = {}
+        if self.uid is None:
+            return staged
+        for number, source in enumerate(s for s in sources if not reachable_by_others(s)):
+            target = rundir / f"stage-{number}"
+            if source.is_dir():
+                target.mkdir(mode=0o755)
+            else:
+                target.touch(mode=0o644)
+            self.stage.append((str(source), str(target)))
+            staged[source] = target
+        return staged
+
+    @staticmethod
+    def remap(path: str, staged: dict[Path, Path]) -> str:
+        """Where `path` is reachable after staging (itself, when nothing above it was staged)."""
+        for source, target in staged.items():
+            if path == str(source) or path.startswith(str(source) + "/"):
+                return str(target) + path[len(str(source)):]
+        return path
+
+    def __call__(self) -> None:
+        libc = _libc()
+        if self.stage or self.hide:
+            _check(libc.unshare(CLONE_NEWNS))
+            _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
+            for source, target in self.stage:
+                _check(libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None))
+            for path in self.hide:
+                _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs",
+                                  MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k,mode=0755"))
+        pid = str(os.getpid()).encode()
+        for procs in self.cgroup_procs:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        if self.uid is not None:
+            os.setgroups([])
+            os.setresgid(self.uid, self.uid, self.uid)
+            os.setresuid(self.uid, self.uid, self.uid)
+        _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
+        if self.no_new_privs:
+            _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+
+def mount_scratch(path: Path, size: int, uid: int) -> None:
+    """A size-capped tmpfs as the run's scratch dir: the disk cap covers all files together."""
+    options = f"size={size},mode=0700,uid={uid},gid={uid}".encode()
+    _check(_libc().mount(b"tmpfs", str(path).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options))
+
+
+@cleaner("mount")
+def unmount(path: str) -> None:
+    if os.path.ismount(path):
+        _check(_libc().umount2(path.encode(), MNT_DETACH))
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def load_libc() -> None:
+    """Load libc in the parent: the child between fork and exec should not import."""
+    _libc()
+
+
+def _check(ret: int) -> None:
+    if ret != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

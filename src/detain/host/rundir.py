@@ -1,0 +1,166 @@
+"""One directory per run, holding all of its temporary state, and the sweep of leftovers.
+
+Each run dir holds a `lock` file that the owning detain process keeps flock()ed, and a
+`state.json` listing what the run created outside the dir (its uid, cgroups, mounts,
+containers). Cleanup reads that list, so the same code path serves the normal `finally`
+and the startup sweep that mops up after a detain that was SIGKILLed mid-run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DetainError
+
+CLEANERS: dict[str, Callable[[Any], None]] = {}
+
+
+def cleaner(kind: str):
+    """Register how to remove one kind of resource recorded in state.json."""
+    def register(func: Callable[[Any], None]) -> Callable[[Any], None]:
+        CLEANERS[kind] = func
+        return func
+    return register
+
+
+def base_dir() -> Path:
+    """`$DETAIN_STATE_DIR`, else /run/detain for root, else /tmp/detain-<uid>.
+
+    Root keeps state out of /tmp so the process backend can hide every world-writable dir
+    from the job. The dir must be ours and not a symlink (/tmp is shared), mode 0711 so a
+    sandbox uid can reach its own run's files but list nobody's.
+    """
+    configured = os.environ.get("DETAIN_STATE_DIR")
+    if configured:
+        path = Path(configured)
+    elif os.geteuid() == 0 and os.path.isdir("/run"):
+        path = Path("/run/detain")
+    else:
+        path = Path(tempfile.gettempdir()) / f"detain-{os.geteuid()}"
+    try:
+        path.mkdir(mode=0o711, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise DetainError(f"cannot create detain's state dir {path}: {exc.strerror}; set "
+                          "DETAIN_STATE_DIR to a writable directory") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise DetainError(f"{path} is not a directory owned by you (possible tampering); "
+                          "remove it or set DETAIN_STATE_DIR")
+    if stat.S_IMODE(info.st_mode) != 0o711:
+        os.chmod(path, 0o711)
+    return path
+
+
+class RunDir:
+    """The per-run directory; use as a context manager so cleanup runs in `finally`."""
+
+    def __init__(self) -> None:
+        base = base_dir()
+        self.path = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
+        os.chmod(self.path, 0o711)
+        self._lock = os.open(self.path / "lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.state: dict[str, list] = {}
+        self._save()
+
+    def subdir(self, name: str, mode: int = 0o700) -> Path:
+        path = self.path / name
+        path.mkdir(mode=mode)
+        os.chmod(path, mode)
+        return path
+
+    def record(self, kind: str, value: Any) -> None:
+        """Note a resource created outside this dir before it exists, so a crash leaves a trace."""
+        self.state.setdefault(kind, []).append(value)
+        self._save()
+
+    def forget(self, kind: str, value: Any) -> None:
+        if value in self.state.get(kind, []):
+            self.state[kind].remove(value)
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path / "state.json.tmp"
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.path / "state.json")
+
+    def close(self) -> None:
+        try:
+            release(self.path, self.state)
+        finally:
+            os.close(self._lock)
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def release(path: Path, state: dict[str, list]) -> None:
+    """Remove everything a run created: resources in reverse order, then the dir itself."""
+    errors = []
+    for kind in reversed(list(state)):
+        for value in reversed(state[kind]):
+            try:
+                CLEANERS[kind](value)
+            except Exception as exc:  # keep going: one stuck resource must not leak the rest
+                errors.append(f"{kind} {value}: {exc}")
+    _remove_tree(path)
+    if errors:
+        raise DetainError("cleanup was incomplete: " + "; ".join(errors))
+
+
+def _remove_tree(path: Path) -> None:
+    def make_writable_and_retry(func, name, _exc):
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            func(name)
+        except OSError:
+            pass
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def sweep() -> int:
+    """Clean up runs whose detain process died (their lock is free). Returns how many."""
+    try:
+        base = base_dir()
+        entries = list(os.scandir(base))
+    except (DetainError, OSError):
+        return 0
+    swept = 0
+    for entry in entries:
+        if not entry.name.startswith("run-") or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            lock = os.open(os.path.join(entry.path, "lock"), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                _remove_tree(Path(entry.path))
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            continue
+        try:
+            try:
+                state = json.loads(Path(entry.path, "state.json").read_text())
+            except (OSError, ValueError):
+                state = {}
+            try:
+                release(Path(entry.path), state)
+            except DetainError:
+                pass
+            swept += 1
+        finally:
+            os.close(lock)
+    return swept

@@ -1,0 +1,185 @@
+"""Start the sandbox process, pass its output through under a cap, enforce the wall clock.
+
+Everything read here comes from hostile code: output is capped per stream (and drained
+past the cap so the job cannot stall on a full pipe), channel records are size-capped and
+parsed defensively, and the run ends when the *main* process exits even if some escaped
+descendant keeps a pipe open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+CHANNEL_CAP = 1 << 20
+RECORD_CAP = 64 << 10
+DRAIN_SECONDS = 0.5
+Sink = Callable[[bytes], None]
+
+
+@dataclass
+class Capture:
+    """One output stream: kept up to `cap` bytes, counted beyond it."""
+
+    name: str
+    cap: int
+    sink: Sink | None = None
+    data: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.cap - self.total
+        self.total += len(chunk)
+        if room <= 0:
+            return
+        kept = chunk[:room]
+        self.data += kept
+        if self.sink is not None:
+            self.sink(kept)
+        if len(chunk) > room:
+            marker = f"\n[detain: {self.name} truncated after {self.cap} bytes]\n".encode()
+            self.data += marker
+            if self.sink is not None:
+                self.sink(marker)
+
+
+@dataclass
+class Outcome:
+    returncode: int | None
+    rusage: object | None
+    timed_out: bool
+    stdout: Capture
+    stderr: Capture
+    records: list[dict]
+    channel_bytes: int
+    started: float
+    ended: float
+
+
+def _feed_stdin(pipe, stdin: bytes | int) -> None:
+    try:
+        if isinstance(stdin, bytes):
+            pipe.write(stdin)
+        else:
+            while chunk := os.read(stdin, 65536):
+                pipe.write(chunk)
+                pipe.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        try:
+            pipe.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+def supervise(argv: Sequence[str], *, env: dict[str, str], timeout: float,
+              stdout: Capture, stderr: Capture, stdin: bytes | int | None = None,
+              cwd: str | None = None, preexec: Callable[[], None] | None = None,
+              pass_fds: Sequence[int] = (), channel: int | None = None,
+              kill: Callable[[subprocess.Popen], None],
+              close_after_start: list[int] | None = None) -> Outcome:
+    """Run `argv` to completion or to its deadline; `kill` must end the whole sandbox.
+
+    `close_after_start` holds fds only the child needs (the channel's write end): they are
+    closed, and removed from the list, as soon as the child exists, so EOF can arrive.
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, env=env, cwd=cwd, preexec_fn=preexec, pass_fds=tuple(pass_fds),
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        close_fds=True)
+    while close_after_start:
+        os.close(close_after_start.pop())
+    feeder = None
+    if stdin is not None:
+        feeder = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True)
+        feeder.start()
+    records: list[dict] = []
+    channel_state = {"bytes": 0, "partial": b""}
+    deadline = started + timeout
+    timed_out = False
+    returncode = rusage = None
+    pidfd = os.pidfd_open(proc.pid)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, stdout.feed)
+    sel.register(proc.stderr, selectors.EVENT_READ, stderr.feed)
+    if channel is not None:
+        sel.register(channel, selectors.EVENT_READ,
+                     lambda chunk: _channel_feed(chunk, channel_state, records))
+    sel.register(pidfd, selectors.EVENT_READ, None)
+    try:
+        while returncode is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                kill(proc)
+                _, status, rusage = os.wait4(proc.pid, 0)
+                returncode = os.waitstatus_to_exitcode(status)
+                break
+            for key, _ in sel.select(remaining):
+                if key.data is None:
+                    _, status, rusage = os.wait4(proc.pid, 0)
+                    returncode = os.waitstatus_to_exitcode(status)
+                    break
+                _pump(sel, key)
+        proc.returncode = returncode
+        ended = time.monotonic()
+        kill(proc)
+        sel.unregister(pidfd)
+        drain_until = time.monotonic() + DRAIN_SECONDS
+        while sel.get_map() and time.monotonic() < drain_until:
+            for key, _ in sel.select(max(0.0, drain_until - time.monotonic())):
+                _pump(sel, key)
+    finally:
+        sel.close()
+        os.close(pidfd)
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
+        if proc.returncode is None:
+            kill(proc)
+            proc.wait()
+    return Outcome(returncode, rusage, timed_out, stdout, stderr, records,
+                   channel_state["bytes"], started, ended)
+
+
+def _pump(sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+    try:
+        chunk = os.read(key.fd, 65536)
+    except OSError:
+        chunk = b""
+    if chunk:
+        key.data(chunk)
+    else:
+        sel.unregister(key.fileobj)
+
+
+def _channel_feed(chunk: bytes, state: dict, records: list[dict]) -> None:
+    """Parse newline-delimited JSON records, dropping anything oversized or malformed."""
+    state["bytes"] += len(chunk)
+    if state["bytes"] > CHANNEL_CAP:
+        return
+    buffer = state["partial"] + chunk
+    *lines, state["partial"] = buffer.split(b"\n")
+    if len(state["partial"]) > RECORD_CAP:
+        state["partial"] = b""
+    for line in lines:
+        if not line or len(line) > RECORD_CAP:
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)

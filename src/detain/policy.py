@@ -1,0 +1,292 @@
+"""The one declarative description of what a run may do.
+
+A Policy is built from defaults, then `[tool.detain]` in ./pyproject.toml, then a
+`--policy FILE.toml`, then CLI flags (the CLI wins). Every value is validated here, so
+backends can trust what they receive and a bad value becomes one clear line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import PolicyError
+from .units import format_size, parse_seconds, parse_size
+
+PROFILES = {
+    # The seeds' recommendation: isolated mode, no site, dev-mode checks, warnings fatal.
+    "strict": ("-I", "-S", "-X", "dev", "-W", "error"),
+    "isolated": ("-I",),
+}
+
+SCRATCH = "/scratch"
+# Paths inside the sandbox that detain itself populates; user mounts may not shadow them.
+RESERVED = ("/", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/dev", "/sys",
+            "/tmp", "/detain", SCRATCH)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def sandbox_path(value: str, what: str) -> str:
+    """A normalised absolute path inside the sandbox; relative paths are under /scratch."""
+    if not value or "\0" in value:
+        raise PolicyError(f"{what}: empty or NUL-containing path {value!r}")
+    path = value if value.startswith("/") else posixpath.join(SCRATCH, value)
+    if ".." in path.split("/"):
+        raise PolicyError(f"{what}: '..' is not allowed in sandbox paths ({value!r})")
+    return posixpath.normpath(path)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path shown inside the sandbox, read-only unless `writable`."""
+
+    host: Path
+    sandbox: str
+    writable: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Mount:
+        parts = spec.split(":")
+        writable = False
+        if len(parts) == 3 and parts[2] in ("rw", "ro"):
+            writable = parts.pop() == "rw"
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise PolicyError(f"--mount {spec!r}: expected HOST:SANDBOX or HOST:SANDBOX:rw")
+        host = Path(parts[0]).expanduser()
+        if not host.exists():
+            raise PolicyError(f"--mount {spec!r}: host path {host} does not exist")
+        if not parts[1].startswith("/"):
+            raise PolicyError(f"--mount {spec!r}: the sandbox path must be absolute")
+        target = sandbox_path(parts[1], f"--mount {spec!r}")
+        for reserved in RESERVED:
+            if target == reserved or (reserved != "/" and target.startswith(reserved + "/")
+                                      and reserved != SCRATCH):
+                raise PolicyError(f"--mount {spec!r}: {target} is managed by detain; "
+                                  "pick another sandbox path such as /mnt/input")
+        return cls(host=host.resolve(), sandbox=target, writable=writable)
+
+
+@dataclass(frozen=True)
+class CopyOut:
+    """A path in the sandbox's scratch dir brought back to a host directory after the run."""
+
+    sandbox: str
+    host_dir: Path
+
+    @classmethod
+    def parse(cls, spec: str) -> CopyOut:
+        source, sep, dest = spec.rpartition(":")
+        if not sep or not source or not dest:
+            raise PolicyError(f"--copy-out {spec!r}: expected SANDBOX_PATH:HOST_DIR")
+        path = sandbox_path(source, f"--copy-out {spec!r}")
+        if path != SCRATCH and not path.startswith(SCRATCH + "/"):
+            raise PolicyError(f"--copy-out {spec!r}: only paths under {SCRATCH} (the writable "
+                              "scratch dir, also the working directory) can be copied out")
+        return cls(sandbox=path, host_dir=Path(dest).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_seconds: float = 30.0
+    cpu_seconds: float = 30.0
+    memory_bytes: int = 512 << 20
+    processes: int = 64
+    disk_bytes: int = 256 << 20
+    output_bytes: int = 4 << 20
+    open_files: int = 256
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a run may do. Immutable; derive variants with `Policy.merge(...)`."""
+
+    backend: str = "auto"
+    min_level: int = 2
+    network: str = "none"
+    profile: str = "strict"
+    python: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    mounts: tuple[Mount, ...] = ()
+    copy_out: tuple[CopyOut, ...] = ()
+
+    @property
+    def interpreter_flags(self) -> tuple[str, ...]:
+        return PROFILES[self.profile]
+
+    def merge(self, values: Mapping[str, Any], source: str) -> Policy:
+        """Apply flat `key = value` settings (the TOML / CLI vocabulary) over this policy."""
+        policy, limits = {}, {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            name = key.replace("-", "_")
+            if name not in _SETTERS:
+                known = ", ".join(sorted(k.replace("_", "-") for k in _SETTERS))
+                raise PolicyError(f"{source}: unknown setting {key!r} (known: {known})")
+            target, attr, convert = _SETTERS[name]
+            (limits if target == "limits" else policy)[attr] = convert(value, f"{source}: {key}")
+        merged = replace(self, **policy)
+        if limits:
+            merged = replace(merged, limits=replace(self.limits, **limits))
+        return merged
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready view, used by Result and reports."""
+        lim = self.limits
+        return {
+            "backend": self.backend, "min_level": self.min_level, "network": self.network,
+            "profile": self.profile, "interpreter_flags": list(self.interpreter_flags),
+            "python": self.python, "env": sorted(self.env),
+            "limits": {"timeout": lim.wall_seconds, "cpu": lim.cpu_seconds,
+                       "memory": format_size(lim.memory_bytes), "processes": lim.processes,
+                       "disk": format_size(lim.disk_bytes),
+                       "output": format_size(lim.output_bytes), "open_files": lim.open_files},
+            "mounts": [f"{m.host}:{m.sandbox}:{'rw' if m.writable else 'ro'}" for m in self.mounts],
+            "copy_out": [f"{c.sandbox}:{c.host_dir}" for c in self.copy_out],
+        }
+
+
+def _choice(options: tuple[str, ...]):
+    def convert(value: Any, what: str) -> str:
+        if value not in options:
+            raise PolicyError(f"{what}: expected one of {', '.join(options)}, got {value!r}")
+        return value
+    return convert
+
+
+def _network(value: Any, what: str) -> str:
+    if value == "none":
+        return "none"
+    raise PolicyError(f"{what}: only network = \"none\" is supported; a host allow-list needs "
+                      "detain's egress proxy, which this version does not have yet")
+
+
+def _backend(value: Any, what: str) -> str:
+    from .backends import BACKENDS  # the registry only names modules; importing it is cheap
+    if value != "auto" and value not in BACKENDS:
+        raise PolicyError(f"{what}: unknown backend {value!r}; choose auto or one of "
+                          f"{', '.join(BACKENDS)} (see `detain doctor`)")
+    return value
+
+
+def _level(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit() or not 0 <= int(value) <= 4:
+        raise PolicyError(f"{what}: expected a level from 0 to 4, got {value!r}")
+    return int(value)
+
+
+def _count(low: int, high: int):
+    def convert(value: Any, what: str) -> int:
+        if isinstance(value, bool) or not str(value).strip().isdigit():
+            raise PolicyError(f"{what}: expected a whole number, got {value!r}")
+        number = int(value)
+        if not low <= number <= high:
+            raise PolicyError(f"{what}: must be between {low} and {high}, got {number}")
+        return number
+    return convert
+
+
+def _bounded_size(low: int):
+    def convert(value: Any, what: str) -> int:
+        number = parse_size(value, what)
+        if number < low:
+            raise PolicyError(f"{what}: must be at least {format_size(low)}, got {value!r}")
+        return number
+    return convert
+
+
+def _python(value: Any, what: str) -> str:
+    path = Path(str(value)).expanduser()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise PolicyError(f"{what}: {value!r} is not an executable file; pass the path of a "
+                          "python3 interpreter")
+    return str(path.absolute())
+
+
+def _env(value: Any, what: str) -> dict[str, str]:
+    if isinstance(value, (list, tuple)):
+        pairs = {}
+        for item in value:
+            name, sep, val = str(item).partition("=")
+            if not sep:
+                raise PolicyError(f"{what}: expected NAME=VALUE, got {item!r}")
+            pairs[name] = val
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{what}: expected a table of NAME = \"value\"")
+    for name, val in value.items():
+        if not _ENV_NAME.match(str(name)) or not isinstance(val, str) or "\0" in val:
+            raise PolicyError(f"{what}: invalid variable {name!r}")
+    return dict(value)
+
+
+def _mounts(value: Any, what: str) -> tuple[Mount, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(Mount.parse(str(item)) for item in items)
+
+
+def _copy_out(value: Any, what: str) -> tuple[CopyOut, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(CopyOut.parse(str(item)) for item in items)
+
+
+_SETTERS = {
+    "backend": ("policy", "backend", _backend),
+    "min_level": ("policy", "min_level", _level),
+    "network": ("policy", "network", _network),
+    "profile": ("policy", "profile", _choice(tuple(PROFILES))),
+    "python": ("policy", "python", _python),
+    "env": ("policy", "env", _env),
+    "mount": ("policy", "mounts", _mounts),
+    "copy_out": ("policy", "copy_out", _copy_out),
+    "timeout": ("limits", "wall_seconds", parse_seconds),
+    "cpu": ("limits", "cpu_seconds", parse_seconds),
+    "memory": ("limits", "memory_bytes", _bounded_size(32 << 20)),
+    "processes": ("limits", "processes", _count(1, 100000)),
+    "disk": ("limits", "disk_bytes", _bounded_size(1 << 20)),
+    "output": ("limits", "output_bytes", _bounded_size(1024)),
+    "open_files": ("limits", "open_files", _count(16, 65536)),
+}
+assert {f.name for f in fields(Limits)} == {s[1] for s in _SETTERS.values() if s[0] == "limits"}
+
+
+def load_toml(path: Path, section: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a policy table from a TOML file; a missing section means no settings."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise PolicyError(f"{path}: not a readable TOML file ({exc})") from None
+    for key in section:
+        data = data.get(key, {})
+        if not isinstance(data, dict):
+            raise PolicyError(f"{path}: [{'.'.join(section)}] must be a table")
+    return data
+
+
+def load_policy(policy_file: str | os.PathLike | None = None,
+                overrides: Mapping[str, Any] | None = None,
+                project_dir: str | os.PathLike | None = ".") -> Policy:
+    """Defaults ← ./pyproject.toml [tool.detain] ← policy_file ← overrides (CLI)."""
+    policy = Policy()
+    if project_dir is not None:
+        pyproject = Path(project_dir) / "pyproject.toml"
+        if pyproject.is_file():
+            policy = policy.merge(load_toml(pyproject, ("tool", "detain")),
+                                  f"{pyproject} [tool.detain]")
+    if policy_file is not None:
+        path = Path(policy_file)
+        data = load_toml(path)
+        policy = policy.merge(data.get("tool", {}).get("detain", data) if "tool" in data else data,
+                              str(path))
+    if overrides:
+        policy = policy.merge(overrides, "command line")
+    return policy
