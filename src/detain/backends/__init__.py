@@ -8,6 +8,7 @@ policy's minimum level instead of silently downgrading.
 from __future__ import annotations
 
 import importlib
+import platform
 from dataclasses import dataclass
 
 from ..errors import BackendUnavailable
@@ -19,6 +20,7 @@ class Entry:
     level: int
     mechanism: str
     install_hint: str
+    system: str = "Linux"
 
 
 BACKENDS: dict[str, Entry] = {
@@ -34,7 +36,7 @@ BACKENDS: dict[str, Entry] = {
     "podman": Entry("podman", 2, "rootless-first OCI container", "apt install podman runc uidmap"),
     "docker": Entry("docker", 2, "OCI container through a Docker engine",
                     "apt install docker.io and start dockerd"),
-    "jail": Entry("jail", 3, "FreeBSD jail", "FreeBSD"),
+    "jail": Entry("jail", 3, "FreeBSD jail", "a FreeBSD host", system="FreeBSD"),
     "gvisor": Entry("gvisor", 4, "runsc user-space kernel", "apt install runsc"),
     "microvm": Entry("microvm", 4, "own kernel under QEMU microvm (KVM or TCG)",
                      "apt install qemu-system-x86, then detain setup microvm"),
@@ -71,6 +73,10 @@ def load(name: str):
 
 
 def probe(name: str) -> Probe:
+    entry = BACKENDS.get(name)
+    if entry is not None and entry.system != platform.system():
+        return Probe(False, f"{name} needs a {entry.system} host; this one runs "
+                            f"{platform.system()}")
     try:
         backend = load(name)
     except BackendUnavailable as exc:

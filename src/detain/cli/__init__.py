@@ -1,0 +1,1 @@
+"""The `detain` command: a thin layer over the Python API."""

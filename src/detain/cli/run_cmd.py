@@ -1,0 +1,150 @@
+"""`detain run`: one untrusted script, snippet or module, output passed through."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..result import EXIT_DETAIN_ERROR
+
+LIMIT_FLAGS = (
+    ("--timeout", "SECONDS", "wall-clock limit (default 30); exceeded: exit 124"),
+    ("--cpu", "SECONDS", "CPU-time limit (default 30)"),
+    ("--memory", "SIZE", "memory limit, e.g. 256M (default 512M); exceeded: exit 137"),
+    ("--processes", "N", "process limit (default 64)"),
+    ("--disk", "SIZE", "scratch disk cap (default 256M)"),
+    ("--output", "SIZE", "cap per output stream (default 4M)"),
+    ("--open-files", "N", "open file limit (default 256)"),
+)
+
+
+def add_policy_options(parser: argparse.ArgumentParser) -> None:
+    """Policy flags shared by every command that runs code."""
+    group = parser.add_argument_group("isolation")
+    group.add_argument("--backend", metavar="NAME", help="a backend from `detain doctor`, "
+                       "or auto (default): the strongest one that works here")
+    group.add_argument("--min-level", metavar="N", help="refuse backends below this level "
+                       "(default 2; 0 none, 1 low, 2 medium, 3 high, 4 highest)")
+    group.add_argument("--policy", metavar="FILE", help="a TOML policy file (overrides "
+                       "[tool.detain] in ./pyproject.toml; flags override both)")
+    group.add_argument("--profile", choices=("strict", "isolated"), help="interpreter flags: "
+                       "strict = -I -S -X dev -W error (default), isolated = -I")
+    group.add_argument("--python", metavar="PATH", help="interpreter to run inside "
+                       "(default: the base interpreter running detain)")
+    group.add_argument("--env", metavar="NAME=VALUE", action="append",
+                       help="set a variable inside (the environment is empty otherwise)")
+    group.add_argument("--mount", metavar="HOST:SANDBOX[:rw]", action="append",
+                       help="show a host path inside, read-only unless :rw")
+    group.add_argument("--copy-out", metavar="SANDBOX_PATH:HOST_DIR", action="append",
+                       help="after the run, copy a path under /scratch to HOST_DIR (no "
+                       "symlinks followed, size-capped)")
+    limits = parser.add_argument_group("limits")
+    for flag, metavar, text in LIMIT_FLAGS:
+        limits.add_argument(flag, metavar=metavar, help=text)
+
+
+def policy_from_args(args: argparse.Namespace):
+    from ..policy import load_policy
+
+    overrides: dict[str, Any] = {
+        "backend": args.backend, "min_level": args.min_level, "profile": args.profile,
+        "python": args.python, "env": args.env, "mount": args.mount, "copy_out": args.copy_out,
+    }
+    for flag, _, _ in LIMIT_FLAGS:
+        name = flag[2:].replace("-", "_")
+        overrides[name] = getattr(args, name)
+    return load_policy(args.policy, overrides)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a script, -c CODE or -m MODULE in a sandbox",
+        description="Run untrusted Python in a fresh sandbox. Output passes through; the exit "
+        "status is the code's own, 124 on timeout, 137 when a limit killed it, 2 for detain's "
+        "own errors.",
+        usage="detain run [OPTIONS] (SCRIPT | -c CODE | -m MODULE) [ARGS ...]")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("-c", dest="code", metavar="CODE", help="program passed as a string")
+    what.add_argument("-m", dest="module", metavar="MODULE", help="run a library module")
+    parser.add_argument("--json", metavar="PATH", help="write the Result as JSON to PATH "
+                        "(- for stdout; the job's stdout is then only in the JSON)")
+    add_policy_options(parser)
+    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS]",
+                        help="script and its arguments (after -c/-m: the arguments)")
+    parser.set_defaults(handler=execute)
+
+
+def _stream(target) -> Any:
+    def write(chunk: bytes) -> None:
+        target.write(chunk)
+        target.flush()
+    return write
+
+
+def execute(args: argparse.Namespace) -> int:
+    from ..api import Sandbox
+    from ..errors import DetainError
+    from ..job import Job
+
+    result = None
+    try:
+        if args.code is None and args.module is None and not args.argv:
+            raise DetainError("nothing to run: give a SCRIPT, -c CODE or -m MODULE")
+        stdin = _stdin()
+        if args.code is not None:
+            job = Job.code(args.code, *args.argv, stdin=stdin)
+        elif args.module is not None:
+            job = Job.module(args.module, *args.argv, stdin=stdin)
+        else:
+            job = Job.script(args.argv[0], *args.argv[1:], stdin=stdin)
+        sandbox = Sandbox(policy_from_args(args))
+        to_json_stdout = args.json == "-"
+        result = sandbox.run(job, stdout=None if to_json_stdout else _stream(sys.stdout.buffer),
+                             stderr=_stream(sys.stderr.buffer))
+    except DetainError as exc:
+        if args.json:
+            _write_json(args.json, {"error": str(exc), "status": EXIT_DETAIN_ERROR})
+        raise
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    if result.error:
+        print(f"detain: error: {result.error}", file=sys.stderr)
+    elif result.timed_out:
+        print(f"detain: timed out after {result.policy['limits']['timeout']} s "
+              f"on {result.backend} (exit {result.status})", file=sys.stderr)
+    elif result.limit:
+        print(f"detain: {result.limit} limit hit on {result.backend} (exit {result.status})",
+              file=sys.stderr)
+    return result.status
+
+
+def _stdin() -> int | None:
+    """The caller's stdin as an fd to copy from, unless it is a terminal.
+
+    The fd itself never enters the sandbox (a terminal would allow TIOCSTI injection, a
+    file could be seeked or written): detain copies its bytes through a pipe.
+    """
+    try:
+        fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    except (OSError, ValueError):
+        return None
+    if fd < 0 or os.isatty(fd):
+        return None
+    return fd
+
+
+def _write_json(path: str, data: dict) -> None:
+    from ..errors import DetainError
+
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise DetainError(f"--json {path}: cannot write ({exc.strerror})") from None
