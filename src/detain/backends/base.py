@@ -195,6 +195,7 @@ class Backend:
         result.assurance = self._assurance(ctx, seen if isinstance(seen, dict) else {})
         if ctx.cgroup is not None:
             result.peak_memory_bytes = max(result.peak_memory_bytes, ctx.cgroup.peak_memory())
+            result.cpu_seconds = round(max(result.cpu_seconds, ctx.cgroup.cpu_seconds()), 4)
             if ctx.cgroup.pids_refusals():
                 result.notes.append(f"process limit reached: {ctx.cgroup.pids_refusals()} "
                                     "fork(s) refused (kernel)")
@@ -209,8 +210,8 @@ class Backend:
             result.limit = "memory"
             result.notes.append("memory limit hit: MemoryError under RLIMIT_AS (reported from "
                                 "inside the sandbox, in-process)")
-        elif result.signal in (signal.SIGXCPU, signal.SIGKILL) and \
-                result.cpu_seconds >= limits.cpu_seconds * 0.95:
+        elif result.signal == signal.SIGXCPU or (
+                result.signal == signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds):
             result.limit = "cpu"
             result.notes.append("CPU time limit hit (RLIMIT_CPU)")
 

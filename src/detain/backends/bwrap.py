@@ -140,7 +140,7 @@ class BwrapBackend(Backend):
             args += ["--bind" if mount.writable else "--ro-bind",
                      setup.remap(str(mount.host), staged), mount.sandbox]
         seccomp_fd = os.open(seccomp.filter_path(), os.O_RDONLY)
-        args += ["--chdir", SCRATCH, "--clearenv"]
+        args += ["--remount-ro", "/", "--chdir", SCRATCH, "--clearenv"]
         for key, value in ctx.guest_env(home=SCRATCH).items():
             args += ["--setenv", key, value]
         args += ["--seccomp", str(seccomp_fd), "--"]
@@ -150,7 +150,7 @@ class BwrapBackend(Backend):
 
     def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
         return {"bwrap": ctx.extra.get("bwrap"), "bwrap_environment": "empty",
-                "read_only": ["/usr", *ctx.interpreter.bind_dirs, GUEST_JOB],
+                "read_only": ["/", "/usr", *ctx.interpreter.bind_dirs, GUEST_JOB],
                 "writable": [SCRATCH, "/tmp (private tmpfs)", "/dev/shm (private tmpfs)"]
                 + [m.sandbox for m in ctx.policy.mounts if m.writable]}
 

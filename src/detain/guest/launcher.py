@@ -30,10 +30,12 @@ def _read(path, limit=65536):
 
 
 def apply_limits(spec):
+    """Soft = hard, except CPU: SIGXCPU at the soft limit names the cause, SIGKILL 1 s later."""
     for item in filter(None, spec.split(",")):
         name, _, value = item.partition("=")
         number = int(value)
-        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (number, number))
+        hard = number + 1 if name == "CPU" else number
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (number, hard))
 
 
 def observe():

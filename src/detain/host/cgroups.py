@@ -16,7 +16,7 @@ from pathlib import Path
 from .rundir import RunDir, cleaner
 
 ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("memory", "pids", "freezer")
+V1_CONTROLLERS = ("memory", "pids", "freezer", "cpuacct")
 
 
 def _write(path: Path, value: str) -> None:
@@ -109,6 +109,12 @@ class Cgroup:
     def oom_kills(self) -> int:
         return _counter(_read(self._file("memory", "memory.oom_control", "memory.events")),
                         "oom_kill")
+
+    def cpu_seconds(self) -> float:
+        if self.version == 2:
+            return _counter(_read(self.dirs["unified"] / "cpu.stat"), "usage_usec") / 1e6
+        text = _read(self.dirs["cpuacct"] / "cpuacct.usage").strip()
+        return int(text) / 1e9 if text.isdigit() else 0.0
 
     def pids_refusals(self) -> int:
         return _counter(_read(self._file("pids", "pids.events", "pids.events")), "max")

@@ -40,17 +40,15 @@ class Capture:
     def feed(self, chunk: bytes) -> None:
         room = self.cap - self.total
         self.total += len(chunk)
-        if room <= 0:
-            return
-        kept = chunk[:room]
-        self.data += kept
+        if room > 0:
+            self._emit(chunk[:room])
+        if self.total > self.cap and room >= 0:
+            self._emit(f"\n[detain: {self.name} truncated after {self.cap} bytes]\n".encode())
+
+    def _emit(self, data: bytes) -> None:
+        self.data += data
         if self.sink is not None:
-            self.sink(kept)
-        if len(chunk) > room:
-            marker = f"\n[detain: {self.name} truncated after {self.cap} bytes]\n".encode()
-            self.data += marker
-            if self.sink is not None:
-                self.sink(marker)
+            self.sink(data)
 
 
 @dataclass
