@@ -47,7 +47,6 @@ def _copy_request(scratch: Path, parts: list[str], host_dir: Path, cap: int,
             next_fd = os.open(part, O_DIR, dir_fd=fd)
             os.close(fd)
             fd = next_fd
-        host_dir.mkdir(parents=True, exist_ok=True)
         name = parts[-1] if parts else "scratch"
         source_name = parts[-1] if parts else "."
         _copy_entry(fd, source_name, host_dir, name, cap, report, "/".join(parts))
@@ -65,6 +64,7 @@ def _copy_entry(parent_fd: int, name: str, dest_dir: Path, dest_name: str, cap: 
     if stat.S_ISDIR(info.st_mode):
         fd = os.open(name, O_DIR, dir_fd=parent_fd)
         try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
             if dest.is_symlink():
                 report.skipped.append(f"{shown}: destination {dest} is a symlink")
                 return
@@ -85,6 +85,7 @@ def _copy_entry(parent_fd: int, name: str, dest_dir: Path, dest_name: str, cap: 
         return
     src = os.open(name, O_FILE, dir_fd=parent_fd)
     try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
         opened = os.fstat(src)
         if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != \
                 (info.st_dev, info.st_ino):

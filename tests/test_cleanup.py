@@ -1,0 +1,68 @@
+"""DESIGN rule 2: after any run (finished, timed out, killed, or detain killed) nothing is left."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import detain
+from conftest import leftovers, run
+from detain.backends import BACKENDS
+
+
+def test_many_runs_leave_nothing(backend, state_dir):
+    runs = 200 if backend in ("process", "bwrap", "landlock") else 20
+    box = detain.Sandbox(detain.Policy().merge(
+        {"backend": backend, "min_level": BACKENDS[backend].level, "timeout": 20}, "test"))
+    codes = ["print('ok')", "import os; os.fork(); print('forked')",
+             "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+             "'import time; time.sleep(30)'], start_new_session=True); print('left a child')"]
+    for number in range(runs):
+        result = box.run(detain.Job.code(codes[number % len(codes)]))
+        assert result.error is None, result.error
+    time.sleep(0.3)
+    assert not leftovers(state_dir)
+
+
+def test_timed_out_run_with_escaped_children_leaves_nothing(backend, state_dir):
+    code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            "        time.sleep(60)\ntime.sleep(60)")
+    result = run(backend, code, timeout=1)
+    assert result.status == 124
+    time.sleep(0.3)
+    assert not leftovers(state_dir)
+
+
+def _wait_for_sandbox(state_dir, pid, deadline=20.0):
+    """Wait until the CLI's run dir exists and the job has started (its scratch has a file)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for run_dir in state_dir.glob(f"run-{pid}-*"):
+            if (run_dir / "scratch" / "started").exists():
+                return run_dir
+        time.sleep(0.05)
+    raise AssertionError("the sandbox never started")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_detain_mid_run_leaves_nothing_after_next_start(backend, state_dir, how):
+    code = ("import os, time\nopen('started', 'w').close()\nif os.fork() == 0:\n    os.setsid()\n"
+            "    time.sleep(120)\ntime.sleep(120)")
+    cli = subprocess.Popen([sys.executable, "-m", "detain", "run", "--backend", backend,
+                            "--min-level", str(BACKENDS[backend].level), "-c", code],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_sandbox(state_dir, cli.pid)
+        cli.send_signal(how)
+        cli.wait(timeout=10)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    # The next start sweeps whatever the killed detain could not remove itself.
+    assert run(backend, "print('next')").stdout == b"next\n"
+    time.sleep(0.3)
+    assert not leftovers(state_dir, {cli.pid, os.getpid()})
