@@ -1,6 +1,5 @@
 """Limits are really hit, and end the run with the documented status."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,8 @@ def test_sleeping_job_times_out(backend):
 
 
 def test_memory_limit(backend):
-    code = "blocks = []\nwhile len(blocks) < 2048:\n    blocks.append(b'x' * (1 << 20))\nprint('allocated 2 GiB')"
+    code = ("blocks = []\nwhile len(blocks) < 2048:\n    blocks.append(b'x' * (1 << 20))\n"
+            "print('allocated 2 GiB')")
     result = run(backend, code, memory="256M", timeout=60)
     assert result.status == 137, (result.stdout, result.stderr, result.notes)
     assert result.limit == "memory"
@@ -59,7 +59,8 @@ def test_disk_cap_stops_writes(backend):
 
 
 def test_output_is_capped_with_a_visible_marker(backend):
-    code = "import sys\nline = b'y' * 1023 + b'\\n'\nfor _ in range(100 * 1024): sys.stdout.buffer.write(line)"
+    code = ("import sys\nline = b'y' * 1023 + b'\\n'\n"
+            "for _ in range(100 * 1024): sys.stdout.buffer.write(line)")
     result = run(backend, code, output="1M", timeout=60)
     assert result.stdout_truncated
     assert len(result.stdout) < (1 << 20) + 200
@@ -70,7 +71,8 @@ def test_detain_stays_small_under_100_mib_of_output(tmp_path):
     """detain's own peak memory, in a process of its own, while the job floods 100 MiB."""
     probe = textwrap.dedent("""
         import resource, detain
-        code = "import sys\\nblock = b'z' * (1 << 20)\\nfor _ in range(100): sys.stdout.buffer.write(block)"
+        code = ("import sys\\nblock = b'z' * (1 << 20)\\n"
+                "for _ in range(100): sys.stdout.buffer.write(block)")
         result = detain.run(code=code, timeout=60)
         assert result.stdout_truncated, result.stderr
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -1,0 +1,45 @@
+# detain — the two commands of the README, plus the slow ones kept apart.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test lint soak bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m compileall -q src >/dev/null
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+## make run: a fresh venv, detain installed, one example run on the default backend
+run: $(VENV)/.installed
+	$(BIN)/detain doctor
+	$(BIN)/detain run examples/hello.py
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench examples
+
+## make test: system packages (as root), test dependencies, lint, the whole suite
+test: system-deps $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make soak: the long reliability runs (2,000 runs, concurrency, faults)
+soak: system-deps $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m soak -p no:randomly $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
