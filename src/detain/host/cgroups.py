@@ -133,6 +133,8 @@ def kill_cgroup(ver: int, dirs: dict[str, Path]) -> None:
     else:
         freezer = dirs.get("freezer")
         procs = (dirs.get("pids") or next(iter(dirs.values()))) / "cgroup.procs"
+        if not _read(procs).split():
+            return
         if freezer is not None and freezer.exists():
             _write(freezer / "freezer.state", "FROZEN")
         for pid in _read(procs).split():

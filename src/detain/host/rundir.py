@@ -1,34 +1,52 @@
 """One directory per run, holding all of its temporary state, and the sweep of leftovers.
 
-Each run dir holds a `lock` file that the owning detain process keeps flock()ed, and a
-`state.json` listing what the run created outside the dir (its uid, cgroups, mounts,
-containers). Cleanup reads that list, so the same code path serves the normal `finally`
-and the startup sweep that mops up after a detain that was SIGKILLed mid-run.
+Each run dir holds a `journal` file that the owning detain process keeps flock()ed and
+appends to, one JSON line per resource the run creates outside the dir (its uid, cgroups,
+mounts, containers), written *before* the resource exists. Cleanup reads that list, so the
+same code path serves the normal `finally` and the startup sweep that mops up after a
+detain that was SIGKILLed mid-run. Appending (no rewrite) keeps a crash from ever leaving
+a half-written list: a torn last line is simply ignored.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import importlib
 import json
 import os
 import shutil
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import DetainError
 
 CLEANERS: dict[str, Callable[[Any], None]] = {}
+JOURNAL = "journal"
+ORPHAN_SECONDS = 60
 
 
 def cleaner(kind: str):
-    """Register how to remove one kind of resource recorded in state.json."""
+    """Register how to remove one kind of resource recorded in a run's journal."""
     def register(func: Callable[[Any], None]) -> Callable[[Any], None]:
         CLEANERS[kind] = func
         return func
     return register
+
+
+def _cleaner_for(kind: str, module: str) -> Callable[[Any], None] | None:
+    """The cleaner for `kind`, importing the detain module that defines it if needed: the
+    sweep may mop up after a backend this process has not loaded."""
+    if kind not in CLEANERS and module.startswith("detain."):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return None
+    return CLEANERS.get(kind)
 
 
 def base_dir() -> Path:
@@ -66,10 +84,10 @@ class RunDir:
         base = base_dir()
         self.path = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
         os.chmod(self.path, 0o711)
-        self._lock = os.open(self.path / "lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._journal = os.open(self.path / JOURNAL,
+                                os.O_CREAT | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._journal, fcntl.LOCK_EX)
         self.state: dict[str, list] = {}
-        self._save()
 
     def subdir(self, name: str, mode: int = 0o700) -> Path:
         path = self.path / name
@@ -80,23 +98,14 @@ class RunDir:
     def record(self, kind: str, value: Any) -> None:
         """Note a resource created outside this dir before it exists, so a crash leaves a trace."""
         self.state.setdefault(kind, []).append(value)
-        self._save()
-
-    def forget(self, kind: str, value: Any) -> None:
-        if value in self.state.get(kind, []):
-            self.state[kind].remove(value)
-            self._save()
-
-    def _save(self) -> None:
-        tmp = self.path / "state.json.tmp"
-        tmp.write_text(json.dumps(self.state))
-        os.replace(tmp, self.path / "state.json")
+        module = CLEANERS[kind].__module__
+        os.write(self._journal, (json.dumps([kind, value, module]) + "\n").encode())
 
     def close(self) -> None:
         try:
             release(self.path, self.state)
         finally:
-            os.close(self._lock)
+            os.close(self._journal)
 
     def __enter__(self) -> RunDir:
         return self
@@ -141,9 +150,11 @@ def sweep() -> int:
         if not entry.name.startswith("run-") or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            lock = os.open(os.path.join(entry.path, "lock"), os.O_RDWR | os.O_CLOEXEC)
+            lock = os.open(os.path.join(entry.path, JOURNAL), os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
+            # No journal: a run that died between mkdtemp and its first write, or one being
+            # born right now in another process; only the former is old.
+            if exc.errno == errno.ENOENT and _age(entry.path) > ORPHAN_SECONDS:
                 _remove_tree(Path(entry.path))
             continue
         try:
@@ -153,14 +164,30 @@ def sweep() -> int:
             continue
         try:
             try:
-                state = json.loads(Path(entry.path, "state.json").read_text())
-            except (OSError, ValueError):
-                state = {}
-            try:
-                release(Path(entry.path), state)
+                release(Path(entry.path), _read_journal(lock))
             except DetainError:
                 pass
             swept += 1
         finally:
             os.close(lock)
     return swept
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _read_journal(fd: int) -> dict[str, list]:
+    state: dict[str, list] = {}
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        for line in handle.read(1 << 20).splitlines():
+            try:
+                kind, value, module = json.loads(line)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(kind, str) and isinstance(module, str) and _cleaner_for(kind, module):
+                state.setdefault(kind, []).append(value)
+    return state
