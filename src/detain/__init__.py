@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "Sandbox", "Policy", "Job", "Result", "DetainError", "load_policy"]
+__all__ = ["DetainError", "Job", "Policy", "Result", "Sandbox", "load_policy", "run"]
 
 _EXPORTS = {
     "run": "api", "Sandbox": "api", "Policy": "policy", "load_policy": "policy", "Job": "job",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import backends
 from .errors import DetainError
@@ -26,7 +27,8 @@ class Sandbox:
         self.policy = policy or Policy()
         if backend is not None:
             self.policy = self.policy.merge({"backend": backend}, "Sandbox(backend=...)")
-        self.backend = backends.choose(self.policy.backend, self.policy.min_level)
+        self.backend = backends.choose(self.policy.backend, self.policy.min_level,
+                                       egress=bool(self.policy.allow_hosts))
 
     def run(self, job: Job, *, stdout: Sink | None = None, stderr: Sink | None = None) -> Result:
         """Run one job; `stdout`/`stderr` receive output live (already capped)."""

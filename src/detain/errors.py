@@ -18,4 +18,7 @@ class BackendUnavailable(DetainError):
 
 
 class ProtectionError(DetainError):
-    """A protection the policy asks for could not be applied (DESIGN rule 4: an error, not a warning)."""
+    """A protection the policy asks for could not be applied.
+
+    DESIGN rule 4: that is an error, never a warning.
+    """

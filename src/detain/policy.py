@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import PolicyError
+from .net.rules import HostRule, parse_rules
 from .units import format_size, parse_seconds, parse_size
 
 PROFILES = {
@@ -106,13 +108,28 @@ class Policy:
 
     backend: str = "auto"
     min_level: int = 2
-    network: str = "none"
     profile: str = "strict"
     python: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     mounts: tuple[Mount, ...] = ()
     copy_out: tuple[CopyOut, ...] = ()
+    requirements: Path | None = None
+    with_packages: tuple[str, ...] = ()
+    wheelhouse: Path | None = None
+    allow_hosts: tuple[HostRule, ...] = ()  # empty: no network at all
+    image: str | None = None  # a local container image whose python3 runs the job
+    trace: str | None = None  # "syscalls": keep the sandbox kernel's syscall trace
+
+    @property
+    def wants_packages(self) -> bool:
+        """Whether the job asked for third-party packages (installed inside the sandbox)."""
+        return self.requirements is not None or bool(self.with_packages)
+
+    @property
+    def network(self) -> str:
+        """"none", or "allow-list" when hosts are reachable through detain's proxy."""
+        return "allow-list" if self.allow_hosts else "none"
 
     @property
     def interpreter_flags(self) -> tuple[str, ...]:
@@ -139,7 +156,8 @@ class Policy:
         """A JSON-ready view, used by Result and reports."""
         lim = self.limits
         return {
-            "backend": self.backend, "min_level": self.min_level, "network": self.network,
+            "backend": self.backend, "min_level": self.min_level, "network": (
+                {"allow": [str(r) for r in self.allow_hosts]} if self.allow_hosts else "none"),
             "profile": self.profile, "interpreter_flags": list(self.interpreter_flags),
             "python": self.python, "env": sorted(self.env),
             "limits": {"timeout": lim.wall_seconds, "cpu": lim.cpu_seconds,
@@ -148,6 +166,10 @@ class Policy:
                        "output": format_size(lim.output_bytes), "open_files": lim.open_files},
             "mounts": [f"{m.host}:{m.sandbox}:{'rw' if m.writable else 'ro'}" for m in self.mounts],
             "copy_out": [f"{c.sandbox}:{c.host_dir}" for c in self.copy_out],
+            "requirements": str(self.requirements) if self.requirements else None,
+            "with_packages": list(self.with_packages),
+            "wheelhouse": str(self.wheelhouse) if self.wheelhouse else None,
+            "image": self.image, "trace": self.trace,
         }
 
 
@@ -159,11 +181,23 @@ def _choice(options: tuple[str, ...]):
     return convert
 
 
-def _network(value: Any, what: str) -> str:
+def _network(value: Any, what: str) -> tuple[HostRule, ...]:
+    """`"none"`, or `{allow = ["host", "*.domain:443", ...]}` (a bare list is taken too)."""
     if value == "none":
-        return "none"
-    raise PolicyError(f"{what}: only network = \"none\" is supported; a host allow-list needs "
-                      "detain's egress proxy, which this version does not have yet")
+        return ()
+    if isinstance(value, Mapping) and set(value) == {"allow"}:
+        value = value["allow"]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return _allow_hosts(value, what)
+    raise PolicyError(f"{what}: only network = \"none\" or network = {{allow = [\"host\", "
+                      f"\"*.domain:443\"]}} are accepted, got {value!r}")
+
+
+def _allow_hosts(value: Any, what: str) -> tuple[HostRule, ...]:
+    try:
+        return parse_rules(value)
+    except PolicyError as exc:
+        raise PolicyError(f"{what}: {exc}") from None
 
 
 def _backend(value: Any, what: str) -> str:
@@ -235,15 +269,64 @@ def _copy_out(value: Any, what: str) -> tuple[CopyOut, ...]:
     return tuple(CopyOut.parse(str(item)) for item in items)
 
 
+# A requirement as pip reads it from a requirements line: a name, extras, a version
+# specifier and markers. No '-' option anywhere (it would be a pip option such as
+# --index-url or -r /some/file) and no line breaks (they would add lines to the file).
+_REQUIREMENT = re.compile(r"^(?!.*\s-)[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._, -]*\])?"
+                          r"[^\n\r\0]*$")
+REQUIREMENTS_CAP = 1 << 20
+
+
+def _requirements(value: Any, what: str) -> Path:
+    path = Path(str(value)).expanduser()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise PolicyError(f"{what}: {value!r} is not a readable requirements file")
+    if path.stat().st_size > REQUIREMENTS_CAP:
+        raise PolicyError(f"{what}: {value!r} is larger than {format_size(REQUIREMENTS_CAP)}")
+    return path.resolve()
+
+
+def _packages(value: Any, what: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not _REQUIREMENT.match(item.strip()):
+            raise PolicyError(f"{what}: {item!r} is not a requirement such as 'name' or "
+                              "'name>=1.2' (pip options are not accepted here)")
+    return tuple(item.strip() for item in items)
+
+
+def _wheelhouse(value: Any, what: str) -> Path:
+    path = Path(str(value)).expanduser()
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        raise PolicyError(f"{what}: {value!r} is not a readable directory of wheels")
+    return path.resolve()
+
+
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+
+
+def _image(value: Any, what: str) -> str:
+    """A local image reference; never starts with '-', so an engine cannot read an option."""
+    if not isinstance(value, str) or not _IMAGE.match(value):
+        raise PolicyError(f"{what}: {value!r} is not an image name such as 'python:3.12-slim'")
+    return value
+
+
 _SETTERS = {
     "backend": ("policy", "backend", _backend),
     "min_level": ("policy", "min_level", _level),
-    "network": ("policy", "network", _network),
+    "network": ("policy", "allow_hosts", _network),
+    "allow_host": ("policy", "allow_hosts", _allow_hosts),
     "profile": ("policy", "profile", _choice(tuple(PROFILES))),
     "python": ("policy", "python", _python),
     "env": ("policy", "env", _env),
     "mount": ("policy", "mounts", _mounts),
     "copy_out": ("policy", "copy_out", _copy_out),
+    "requirements": ("policy", "requirements", _requirements),
+    "with_packages": ("policy", "with_packages", _packages),
+    "wheelhouse": ("policy", "wheelhouse", _wheelhouse),
+    "image": ("policy", "image", _image),
+    "trace": ("policy", "trace", _choice(("syscalls",))),
     "timeout": ("limits", "wall_seconds", parse_seconds),
     "cpu": ("limits", "cpu_seconds", parse_seconds),
     "memory": ("limits", "memory_bytes", _bounded_size(32 << 20)),
@@ -257,13 +340,16 @@ assert {f.name for f in fields(Limits)} == {s[1] for s in _SETTERS.values() if s
 
 def load_toml(path: Path, section: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a policy table from a TOML file; a missing section means no settings."""
-    import tomllib
-
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if section and section[-1] not in text:
+            return {}  # most pyproject.toml files say nothing to detain: skip the parser
+        import tomllib
+
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise PolicyError(f"policy file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # TOMLDecodeError and UnicodeDecodeError included
         raise PolicyError(f"{path}: not a readable TOML file ({exc})") from None
     for key in section:
         data = data.get(key, {})

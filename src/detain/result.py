@@ -34,7 +34,11 @@ class Result:
     peak_memory_bytes: int = 0
     assurance: dict[str, Any] = field(default_factory=dict)
     copied_out: list[str] = field(default_factory=list)
+    behaviour: dict[str, Any] = field(default_factory=dict)  # report/events.py: collect()
     notes: list[str] = field(default_factory=list)
+    # A raw kernel-side trace when the policy asks for one (gVisor's strace lines): seen by
+    # the sandbox's kernel, not the job, so trustworthy; parsed by the behaviour report.
+    trace: str | None = None
     error: str | None = None
     job: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)

@@ -84,8 +84,12 @@ def probe(name: str) -> Probe:
     return backend.probe()
 
 
-def choose(requested: str, min_level: int):
-    """Resolve `auto` or a named backend, enforcing the minimum level (fail closed)."""
+def choose(requested: str, min_level: int, egress: bool = False):
+    """Resolve `auto` or a named backend, enforcing the minimum level (fail closed).
+
+    `egress`: the policy has a network allow-list, so `auto` only considers backends with a
+    network namespace of their own, where detain's proxy can be the only way out.
+    """
     if requested != "auto":
         entry = BACKENDS[requested]
         if entry.level < min_level:
@@ -102,6 +106,8 @@ def choose(requested: str, min_level: int):
         if entry.level < min_level:
             continue
         result = probe(name)
+        if result.available and egress and not getattr(load(name), "own_network_namespace", False):
+            result = Probe(False, "no network namespace of its own for the allow-list proxy")
         if result.available:
             return load(name)
         tried.append(f"{name} ({result.reason})")

@@ -11,33 +11,54 @@ import math
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import DetainError
-from ..guest import LAUNCHER
-from ..host import cgroups, privileges, rundir
+from ..host import cgroups, deps, privileges, rundir
 from ..host.copyout import copy_out
 from ..host.interpreter import Interpreter, find_interpreter
 from ..host.supervise import Capture, Outcome, supervise
 from ..job import Job
-from ..policy import SCRATCH, Policy
+from ..net import session as egress
+from ..policy import Policy
+from ..report.events import collect as collect_events
 from ..result import Result
 from . import BACKENDS, Probe
 
 GUEST_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_UID = 1000
+DIAGNOSTICS_CAP = 64 << 10
 
 
 @dataclass
 class Launch:
-    """How to start the sandbox; `pass_fds` are handed to it and closed here once it runs."""
+    """How to start the sandbox; `pass_fds` are handed to it and closed here once it runs.
+
+    `release` frees host-side resources the launch holds for the child's setup step (a
+    Landlock ruleset's fd, close-on-exec so never inherited), called after the run.
+    """
 
     argv: list[str]
     env: dict[str, str]
     pass_fds: tuple[int, ...] = ()
     cwd: str | None = None
+    # Read ends carrying the job's stdout and stderr when they are not the sandbox
+    # process's own (a VM's ports); the process's own output is then only diagnostics.
+    job_output: tuple[int, int] | None = None
+    # More (read fd, sink) streams the sandbox writes to. Every read fd here and in
+    # job_output is closed by `run` afterwards.
+    side_channels: tuple[tuple[int, Callable[[bytes], None]], ...] = ()
+    release: list[Callable[[], None]] = field(default_factory=list)
+    # The channel's read end when the sandbox cannot inherit the pipe (a container behind
+    # an engine or gVisor reaches a FIFO instead); the launcher then gets its path.
+    channel: int | None = None
+
+    def read_fds(self) -> list[int]:
+        return [*(self.job_output or ()), *(fd for fd, _ in self.side_channels),
+                *(() if self.channel is None else (self.channel,))]
 
 
 @dataclass
@@ -54,6 +75,9 @@ class RunContext:
     uid: int | None
     cgroup: cgroups.Cgroup | None
     setup: privileges.ChildSetup
+    deps: bool = False
+    launcher_options: list[str] = field(default_factory=list)
+    network: egress.EgressSession | None = None  # set when the policy has an allow-list
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -67,13 +91,20 @@ class RunContext:
             values["AS"] = lim.memory_bytes
         return ",".join(f"{k}={v}" for k, v in values.items())
 
-    def guest_command(self, python: str, launcher: str, job_dir: str) -> list[str]:
+    def guest_command(self, python: str, launcher: str, job_dir: str,
+                      channel: str | None = None) -> list[str]:
         """The command that runs inside the sandbox: interpreter, launcher, job."""
         target = self.job.target
         if self.job.kind == "script":
             target = f"{job_dir}/{Path(self.job.target).name}"
-        return [python, *self.policy.interpreter_flags, launcher, str(self.channel_fd),
-                self.rlimits, self.job.kind, target, *self.job.args]
+        options = list(self.launcher_options)
+        if self.deps:
+            options += ["--deps", f"{job_dir}/{deps.DEPS_DIR}"]
+        if self.network is not None:
+            options += self.network.launcher_options()
+        channel = str(self.channel_fd) if channel is None else channel
+        return [python, *self.policy.interpreter_flags, launcher, channel,
+                self.rlimits, *options, self.job.kind, target, *self.job.args]
 
     def guest_env(self, home: str) -> dict[str, str]:
         return {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "HOME": home, **self.policy.env}
@@ -84,6 +115,10 @@ class Backend:
 
     name = ""
     extra_pids = 0  # processes the sandbox machinery itself needs inside the pids limit
+    always_venv = False  # True: a (possibly empty) venv is built even without requirements
+    # True: the sandbox has a network namespace of its own, and `launch` shows
+    # ctx.network.host_dir at net.session.GUEST_NET_DIR, so an allow-list can be enforced.
+    own_network_namespace = False
 
     @property
     def level(self) -> int:
@@ -96,15 +131,23 @@ class Backend:
         raise NotImplementedError
 
     def kill(self, ctx: RunContext, proc) -> None:
-        """End the whole sandbox: the process group, then anything left in cgroup or uid."""
+        """End the whole sandbox: the process group, then anything left in cgroup or uid.
+
+        A cgroup holds every process of the run (none can leave it), so the slower uid
+        sweep is needed only without one; cleanup runs it once more regardless.
+        """
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         if ctx.cgroup is not None:
             ctx.cgroup.kill()
-        if ctx.uid is not None:
+        elif ctx.uid is not None:
             privileges.kill_uid(ctx.uid)
+
+    def host_limits(self, policy: Policy) -> tuple[int, int]:
+        """Memory and process caps of the host cgroup that holds the whole sandbox."""
+        return policy.limits.memory_bytes, policy.limits.processes + self.extra_pids
 
     def host_assurance(self, ctx: RunContext, seen: dict[str, Any]) -> dict[str, Any]:
         """Backend-specific observations to add to the common assurance."""
@@ -119,25 +162,44 @@ class Backend:
         with rundir.RunDir() as run:
             read_fd, write_fd = os.pipe()
             child_only = [write_fd]
+            host_only = [read_fd]
+            launch = network = None
             try:
                 ctx = self._prepare(job, policy, run, write_fd)
+                network = ctx.network = egress.start(self, ctx)
                 launch = self.launch(ctx)
                 child_only += launch.pass_fds
+                host_only += launch.read_fds()
+                out = Capture("stdout", policy.limits.output_bytes, stdout)
+                err = Capture("stderr", policy.limits.output_bytes, stderr)
+                own_out, own_err, extra = out, err, list(launch.side_channels)
+                if launch.job_output is not None:
+                    own_out = own_err = ctx.extra["diagnostics"] = Capture("diagnostics",
+                                                                           DIAGNOSTICS_CAP)
+                    extra += [(launch.job_output[0], out.feed), (launch.job_output[1], err.feed)]
                 outcome = supervise(
                     launch.argv, env=launch.env, cwd=launch.cwd, timeout=policy.limits.wall_seconds,
-                    stdout=Capture("stdout", policy.limits.output_bytes, stdout),
-                    stderr=Capture("stderr", policy.limits.output_bytes, stderr),
+                    stdout=own_out, stderr=own_err,
                     stdin=job.stdin, preexec=ctx.setup if ctx.setup.needed() else None,
-                    pass_fds=tuple(child_only), channel=read_fd,
-                    kill=lambda proc: self.kill(ctx, proc), close_after_start=child_only)
+                    pass_fds=tuple(child_only),
+                    channel=read_fd if launch.channel is None else launch.channel,
+                    kill=lambda proc: self.kill(ctx, proc), close_after_start=child_only,
+                    extra=extra)
+                outcome.stdout, outcome.stderr = out, err
                 self._fill(result, ctx, outcome)
+                if network is not None:
+                    network.finish(result)
                 if policy.copy_out and result.error is None:
                     report = copy_out(ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
                     result.copied_out = report.copied
                     result.notes += [f"copy-out skipped {item}" for item in report.skipped]
             finally:
-                for fd in (read_fd, *child_only):
+                if network is not None:
+                    network.stop()
+                for fd in (*host_only, *child_only):
                     os.close(fd)
+                for release in launch.release if launch is not None else ():
+                    release()
         return result
 
     def _prepare(self, job: Job, policy: Policy, run: rundir.RunDir, channel_fd: int) -> RunContext:
@@ -155,18 +217,18 @@ class Backend:
             staged = job_dir / Path(job.target).name
             shutil.copyfile(job.target, staged)
             os.chmod(staged, 0o644)
+        with_deps = deps.stage(policy, job_dir, always=self.always_venv)
         cgroup = None
         if uid is not None:
             try:
-                cgroup = cgroups.Cgroup.create(run, policy.limits.memory_bytes,
-                                               policy.limits.processes + self.extra_pids)
+                cgroup = cgroups.Cgroup.create(run, *self.host_limits(policy))
             except OSError as exc:
                 raise DetainError(f"could not set up cgroup limits ({exc}); check that "
                                   "/sys/fs/cgroup is writable or run detain unprivileged") from None
         if cgroup is not None:
             setup.cgroup_procs = cgroup.procs_files
         return RunContext(job, policy, run, find_interpreter(policy.python), scratch, job_dir,
-                          channel_fd, uid, cgroup, setup)
+                          channel_fd, uid, cgroup, setup, deps=with_deps)
 
     def _fill(self, result: Result, ctx: RunContext, outcome: Outcome) -> None:
         limits = ctx.policy.limits
@@ -200,6 +262,9 @@ class Backend:
                 result.notes.append(f"process limit reached: {ctx.cgroup.pids_refusals()} "
                                     "fork(s) refused (kernel)")
         result.notes += ctx.notes
+        if ctx.deps:  # otherwise a deps record can only be one the job forged
+            self._deps_outcome(result, outcome.records)
+        result.behaviour = collect_events(outcome.records, outcome.channel_bytes)
         if outcome.timed_out:
             return
         if ctx.cgroup is not None and ctx.cgroup.oom_kills():
@@ -216,6 +281,23 @@ class Backend:
             result.notes.append("CPU time limit hit (RLIMIT_CPU)")
 
     signal_as_exit_status = False  # True where the sandbox reports a signal as 128+N
+
+    @staticmethod
+    def _deps_outcome(result: Result, records: list[dict]) -> None:
+        """The install phase's record (sent before the job ran, so not forgeable by it)."""
+        record = next((r for r in records if r.get("type") == "deps"), None)
+        if record is None:
+            return
+        if record.get("ok") is True:
+            count, ms = record.get("installed"), record.get("ms")
+            result.notes.append(
+                "requirements installed inside the sandbox into a throw-away venv ("
+                f"{count if isinstance(count, int) else '?'} package(s), "
+                f"{ms if isinstance(ms, int) else '?'} ms of the job's time)")
+        else:
+            detail = str(record.get("error", "unknown error"))[-500:].strip()
+            result.error = ("could not install the job's requirements inside the sandbox: "
+                            + " ".join(detail.split()))
 
     def _assurance(self, ctx: RunContext, seen: dict[str, Any]) -> dict[str, Any]:
         status = seen.get("status") if isinstance(seen.get("status"), dict) else {}

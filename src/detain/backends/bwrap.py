@@ -10,6 +10,7 @@ scratch dir. Running as root, bwrap is started as the run's fresh unprivileged u
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..errors import BackendUnavailable
 from ..guest import LAUNCHER
 from ..host import seccomp
+from ..net.session import GUEST_NET_DIR
 from ..policy import SCRATCH
 from . import Probe
 from .base import SANDBOX_UID, Backend, Launch, RunContext
@@ -26,7 +28,8 @@ from .base import SANDBOX_UID, Backend, Launch, RunContext
 ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf",
              "alternatives", "ssl", "mime.types")
-GUEST_LAUNCHER = "/detain/guest/launcher.py"
+GUEST_DIR = "/detain/guest"
+GUEST_LAUNCHER = f"{GUEST_DIR}/launcher.py"
 GUEST_JOB = "/detain/job"
 PASSWD = (f"root:x:0:0:root:/:/usr/sbin/nologin\n"
           f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:detain sandbox:{SCRATCH}:/usr/sbin/nologin\n"
@@ -35,13 +38,34 @@ GROUP = f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"
 
 
 def _version(path: str) -> tuple[int, ...]:
+    """`bwrap --version`, cached on disk by the binary's identity: probes run on every start."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ()
+    key = f"{path}:{info.st_size}:{info.st_mtime_ns}"
+    cache = seccomp.cache_dir() / "bwrap-versions.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), list):
+        return tuple(known[key])
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, env={},
                              timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
     match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(p) for p in match.groups()) if match else ()
+    version = tuple(int(p) for p in match.groups()) if match else ()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**known, key: list(version)}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return version
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,6 +111,7 @@ class BwrapBackend(Backend):
     name = "bwrap"
     extra_pids = 2  # bwrap's own monitor and the namespace's init
     signal_as_exit_status = True
+    own_network_namespace = True
 
     def probe(self) -> Probe:
         found = find_bwrap()
@@ -109,7 +134,7 @@ class BwrapBackend(Backend):
         for name, text in (("passwd", PASSWD), ("group", GROUP), ("hostname", "detain\n")):
             (etc / name).write_text(text)
             os.chmod(etc / name, 0o644)
-        sources = [Path(d) for d in interp.bind_dirs] + [LAUNCHER]
+        sources = [Path(d) for d in interp.bind_dirs] + [LAUNCHER.parent]
         sources += [m.host for m in ctx.policy.mounts]
         staged = setup.prepare_stage(ctx.run.path, sources)
         lim = ctx.policy.limits
@@ -133,9 +158,11 @@ class BwrapBackend(Backend):
         args += ["--proc", "/proc", "--dev", "/dev",
                  "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/tmp",
                  "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/dev/shm",
-                 "--ro-bind", setup.remap(str(LAUNCHER), staged), GUEST_LAUNCHER,
+                 "--ro-bind", setup.remap(str(LAUNCHER.parent), staged), GUEST_DIR,
                  "--ro-bind", str(ctx.job_dir), GUEST_JOB,
                  "--bind", str(ctx.scratch), SCRATCH]
+        if ctx.network is not None:  # the allow-list proxy's socket: the only way out
+            args += ["--ro-bind", str(ctx.network.host_dir), GUEST_NET_DIR]
         for mount in ctx.policy.mounts:
             args += ["--bind" if mount.writable else "--ro-bind",
                      setup.remap(str(mount.host), staged), mount.sandbox]

@@ -24,20 +24,21 @@ WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 class ProcessBackend(Backend):
     name = "process"
+    hide_world_writable = True  # as root: cover them, so the uid can write only scratch
 
     def probe(self) -> Probe:
         return Probe(True, version=f"Python {platform.python_version()}")
 
     def launch(self, ctx: RunContext) -> Launch:
         if ctx.policy.mounts:
-            raise ProtectionError("the process backend has no mount namespace, so --mount "
-                                  "cannot be honoured; use --backend bwrap (or auto)")
+            raise ProtectionError(f"the {self.name} backend has no mount namespace, so "
+                                  "--mount cannot be honoured; use --backend bwrap (or auto)")
         setup = ctx.setup
         setup.no_new_privs = True
         interp = ctx.interpreter
         staged = setup.prepare_stage(ctx.run.path,
                                      [Path(d) for d in interp.bind_dirs] + [LAUNCHER.parent])
-        if ctx.uid is not None:
+        if ctx.uid is not None and self.hide_world_writable:
             run_path = str(ctx.run.path)
             setup.hide = [d for d in WORLD_WRITABLE
                           if os.path.isdir(d) and not run_path.startswith(d + "/")]

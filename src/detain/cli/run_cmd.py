@@ -10,6 +10,9 @@ from typing import Any
 
 from ..result import EXIT_DETAIN_ERROR
 
+EXIT_FAIL_ON = 3
+FAIL_ON_CHOICES = ("network", "write", "subprocess", "native", "high")
+
 LIMIT_FLAGS = (
     ("--timeout", "SECONDS", "wall-clock limit (default 30); exceeded: exit 124"),
     ("--cpu", "SECONDS", "CPU-time limit (default 30)"),
@@ -38,9 +41,26 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
                        help="set a variable inside (the environment is empty otherwise)")
     group.add_argument("--mount", metavar="HOST:SANDBOX[:rw]", action="append",
                        help="show a host path inside, read-only unless :rw")
+    group.add_argument("--allow-host", metavar="HOST[:PORT]", action="append",
+                       help="let the code reach HOST (a name, *.domain or IP literal; ports "
+                       "80 and 443 unless given) through detain's proxy; repeatable "
+                       "(default: no network at all)")
     group.add_argument("--copy-out", metavar="SANDBOX_PATH:HOST_DIR", action="append",
                        help="after the run, copy a path under /scratch to HOST_DIR (no "
                        "symlinks followed, size-capped)")
+    deps = parser.add_argument_group("dependencies (installed inside the sandbox)")
+    deps.add_argument("--requirements", metavar="FILE", help="install these requirements "
+                      "into a throw-away venv inside the sandbox before the job (wheels only)")
+    deps.add_argument("--with", dest="with_packages", metavar="PKG", action="append",
+                      help="a requirement to install inside, like --with 'attrs>=23' "
+                      "(repeatable)")
+    deps.add_argument("--wheelhouse", metavar="DIR", help="local directory of wheels the "
+                      "requirements are installed from")
+    containers = parser.add_argument_group("containers")
+    containers.add_argument("--image", metavar="NAME", help="a local container image whose "
+                            "python3 runs the job (podman, docker, gvisor)")
+    containers.add_argument("--trace", choices=("syscalls",), help="keep the sandbox "
+                            "kernel's syscall trace in the result (gvisor)")
     limits = parser.add_argument_group("limits")
     for flag, metavar, text in LIMIT_FLAGS:
         limits.add_argument(flag, metavar=metavar, help=text)
@@ -52,11 +72,31 @@ def policy_from_args(args: argparse.Namespace):
     overrides: dict[str, Any] = {
         "backend": args.backend, "min_level": args.min_level, "profile": args.profile,
         "python": args.python, "env": args.env, "mount": args.mount, "copy_out": args.copy_out,
+        "allow_host": args.allow_host, "requirements": args.requirements,
+        "with_packages": args.with_packages, "wheelhouse": args.wheelhouse,
+        "image": args.image, "trace": args.trace,
     }
     for flag, _, _ in LIMIT_FLAGS:
         name = flag[2:].replace("-", "_")
         overrides[name] = getattr(args, name)
     return load_policy(args.policy, overrides)
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """What the code did: report files, a terminal summary, CI gates, a policy to copy."""
+    group = parser.add_argument_group("report")
+    group.add_argument("--report", metavar="FILE", action="append", default=[],
+                       help="write FILE.json, FILE.sarif or FILE.html (repeatable); the job's "
+                       "files are statically scanned first")
+    group.add_argument("--summary", action="store_true",
+                       help="print the behaviour summary to stderr after the run")
+    group.add_argument("--fail-on", metavar="WHAT", action="append", default=[],
+                       choices=FAIL_ON_CHOICES, help=f"exit {EXIT_FAIL_ON} (unless the job "
+                       "itself failed) when the run showed network, write, subprocess, "
+                       "native or high-severity behaviour (repeatable)")
+    group.add_argument("--suggest-policy", metavar="FILE", nargs="?", const="-",
+                       help="write the least-privileged policy (TOML) that allows what this "
+                       "run did, to FILE or to stderr")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("-m", dest="module", metavar="MODULE", help="run a library module")
     parser.add_argument("--json", metavar="PATH", help="write the Result as JSON to PATH "
                         "(- for stdout; the job's stdout is then only in the JSON)")
+    add_report_options(parser)
     add_policy_options(parser)
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS]",
                         help="script and its arguments (after -c/-m: the arguments)")
@@ -101,6 +142,8 @@ def execute(args: argparse.Namespace) -> int:
         else:
             job = Job.script(args.argv[0], *args.argv[1:], stdin=stdin)
         sandbox = Sandbox(policy_from_args(args))
+        reporting = _reporting(args)
+        scan = _prescan(job) if reporting else None
         to_json_stdout = args.json == "-"
         result = sandbox.run(job, stdout=None if to_json_stdout else _stream(sys.stdout.buffer),
                              stderr=_stream(sys.stderr.buffer))
@@ -110,6 +153,7 @@ def execute(args: argparse.Namespace) -> int:
         raise
     if args.json:
         _write_json(args.json, result.to_dict())
+    met = _report(args, result, scan) if reporting else []
     if result.error:
         print(f"detain: error: {result.error}", file=sys.stderr)
     elif result.timed_out:
@@ -118,7 +162,67 @@ def execute(args: argparse.Namespace) -> int:
     elif result.limit:
         print(f"detain: {result.limit} limit hit on {result.backend} (exit {result.status})",
               file=sys.stderr)
+    if met and result.status == 0:
+        print(f"detain: --fail-on {', '.join(met)}: seen in this run", file=sys.stderr)
+        return EXIT_FAIL_ON
     return result.status
+
+
+def _reporting(args: argparse.Namespace) -> bool:
+    from ..report.output import check_path
+
+    for path in args.report:
+        check_path(path)
+    return bool(args.report or args.summary or args.fail_on or args.suggest_policy)
+
+
+def _prescan(job) -> dict | None:
+    """The static pre-scan of what the job runs, before it runs; -m modules have no file."""
+    import tempfile
+
+    from ..scan import scan
+
+    if job.kind == "script":
+        return scan(job.target)
+    if job.kind == "code":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "code.py")
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(job.target)
+            return scan(path, display_name="<string>")
+    return None
+
+
+def _report(args: argparse.Namespace, result, scan: dict | None) -> list[str]:
+    from ..report.build import build_report, fail_on
+    from ..report.output import write_report
+
+    report = build_report(result, scan)
+    for path in args.report:
+        write_report(report, path)
+    if args.summary:
+        from ..report.terminal import render_terminal
+
+        render_terminal(report)
+    if args.suggest_policy:
+        from ..report.suggest import suggest_policy
+
+        text = suggest_policy(report)
+        if args.suggest_policy == "-":
+            sys.stderr.write(text)
+        else:
+            _write_text(args.suggest_policy, text, "--suggest-policy")
+    return fail_on(report, args.fail_on)
+
+
+def _write_text(path: str, text: str, flag: str) -> None:
+    from ..errors import DetainError
+
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise DetainError(f"{flag} {path}: cannot write ({exc.strerror})") from None
 
 
 def _stdin() -> int | None:

@@ -1,18 +1,26 @@
 """detain's guest launcher: the first Python code to run inside every sandbox.
 
-It runs as `python -I -S [-X dev -W error] launcher.py FD RLIMITS KIND TARGET [ARGS...]`
-and, before any untrusted byte executes:
+It runs as `python -I -S [-X dev -W error] launcher.py FD RLIMITS [OPTIONS] KIND TARGET
+[ARGS...]` (FD: the channel's inherited fd, or the path of a FIFO where no fd can be
+passed in, as into a container) and, before any untrusted byte executes:
   1. lowers its own resource limits (irreversible: the job cannot raise them back, and in a
      user namespace they count only this sandbox's processes);
   2. records what it can observe of its confinement (uid, seccomp, namespaces, network
      interfaces, limits) and writes it to the host as the first channel record — trustworthy
      because nothing untrusted has run yet;
-  3. runs the target with runpy / exec, exactly as `python` would.
-Records written after step 3 share a process with the job and are marked in-process by the
-host, because the job could forge them.
+  3. with `--proxy PORT:SOCKET`, forwards 127.0.0.1:PORT to the host's allow-list proxy
+     and sets HTTP(S)_PROXY to it (guest/forward.py); then, with `--deps DIR`, installs
+     the job's requirements into a throw-away venv in its working (scratch) dir and appends its site-packages to sys.path (guest/deps.py);
+  4. runs the target with runpy / exec, exactly as `python` would, or, with
+     `--restricted`, compiled by RestrictedPython (guest/restricted.py); `--path DIR`
+     (repeatable) prepends DIR to sys.path first, for what those helpers import.
+Just before step 4, guest/audit.py installs a PEP 578 audit hook that streams what the job
+does (opens, sockets, processes, code execution, imports, native calls) as `event` records.
+Records written after step 4 starts share a process with the job and are marked
+in-process by the host, because the job could forge them. The helpers are sibling files,
+loaded by path: under -I the launcher's own dir is not on sys.path.
 """
 
-import json
 import os
 import resource
 import sys
@@ -65,6 +73,24 @@ def observe():
     }
 
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def to_json(value):
+    """JSON for str/int/bool/None/list/dict. Not `json`: importing it (and `re`) would
+    triple the launcher's start-up time."""
+    if isinstance(value, str):
+        return '"' + "".join(_ESCAPES.get(c) or (c if c >= " " else "\\u%04x" % ord(c))
+                             for c in value) + '"'
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(to_json(str(k)) + ":" + to_json(v) for k, v in value.items()) + "}"
+    return "[" + ",".join(to_json(item) for item in value) + "]"
+
+
 class Channel:
     """Line-delimited JSON to the host; the host caps and validates everything it reads."""
 
@@ -72,7 +98,7 @@ class Channel:
         self.fd = fd
 
     def send(self, record):
-        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        data = (to_json(record) + "\n").encode("utf-8", "surrogateescape")
         try:
             while data:
                 data = data[os.write(self.fd, data):]
@@ -80,13 +106,44 @@ class Channel:
             pass
 
 
-def run_target(kind, target, args):
-    import runpy
+def sibling(name):
+    """Load guest/NAME.py, next to this file, as a module."""
+    import importlib.util
 
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location("detain_guest_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_options(argv):
+    """Split `[--path DIR]... [--deps DIR] [--proxy PORT:SOCKET] [--restricted] KIND ...`."""
+    options = {"path": [], "deps": None, "restricted": False, "proxy": None}
+    while argv and argv[0].startswith("--"):
+        name = argv.pop(0)[2:]
+        if name == "restricted":
+            options["restricted"] = True
+        elif name == "path":
+            options["path"].append(argv.pop(0))
+        elif name == "deps":
+            options["deps"] = argv.pop(0)
+        elif name == "proxy":
+            options["proxy"] = argv.pop(0)
+        else:
+            raise SystemExit("detain launcher: unknown option --" + name)
+    return options, argv
+
+
+def run_target(kind, target, args):
     if kind == "script":
+        import runpy
+
         sys.argv = [target, *args]
         runpy.run_path(target, run_name="__main__")
     elif kind == "module":
+        import runpy
+
         sys.argv = [target, *args]
         runpy.run_module(target, run_name="__main__", alter_sys=True)
     else:
@@ -102,19 +159,35 @@ def print_job_traceback(exc):
     import traceback
 
     tb = exc.__traceback__
-    own = (__file__, getattr(sys.modules.get("runpy"), "__file__", None))
-    while tb is not None and tb.tb_frame.f_code.co_filename in own:
+    runpy_file = getattr(sys.modules.get("runpy"), "__file__", None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and (tb.tb_frame.f_code.co_filename == runpy_file or os.path.dirname(
+            tb.tb_frame.f_code.co_filename) == here):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
 
 
 def main():
-    fd, rlimits, kind, target, *args = sys.argv[1:]
+    fd, rlimits, *rest = sys.argv[1:]
+    options, (kind, target, *args) = parse_options(rest)
     apply_limits(rlimits)
-    channel = Channel(int(fd))
+    channel = Channel(int(fd) if fd.isdigit() else os.open(fd, os.O_WRONLY | os.O_CLOEXEC))
     channel.send({"type": "hello", "assurance": observe()})
+    sys.path[:0] = options["path"]
+    if options["proxy"] is not None:  # before deps: pip may reach the index through it
+        sibling("forward").start(options["proxy"])
+    if options["deps"] is not None:
+        record = sibling("deps").install(options["deps"], os.getcwd())
+        channel.send(record)
+        if not record["ok"]:
+            sys.exit(2)
+        sys.path.extend(record["paths"])
+    sibling("audit").install(channel.fd, to_json, kind, target)
     try:
-        run_target(kind, target, args)
+        if options["restricted"]:
+            sibling("restricted").run(kind, target, args)
+        else:
+            run_target(kind, target, args)
     except MemoryError:
         channel.send({"type": "exit", "memory_error": True})
         raise

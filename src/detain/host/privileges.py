@@ -14,6 +14,7 @@ the uid can traverse. The namespace dies with the child, so staging leaves no mo
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -22,6 +23,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,10 +80,15 @@ def pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
+@functools.lru_cache(maxsize=1)
+def _kill_binary() -> str:
+    return shutil.which("kill") or "/bin/kill"
+
+
 @cleaner("uid")
 def kill_uid(uid: int) -> None:
     """SIGKILL every process of `uid`: kill(-1) sent *as* that uid reaches exactly those."""
-    killer = shutil.which("kill") or "/bin/kill"
+    killer = _kill_binary()
     for _ in range(50):
         if not pids_of_uid(uid):
             return
@@ -100,7 +107,9 @@ class ChildSetup:
     """Steps run in the child between fork and exec (subprocess's preexec_fn).
 
     Order matters: mounts and cgroup joins need root, so they come before the uid drop;
-    the parent-death signal is reset by a uid change, so it comes after.
+    the parent-death signal is reset by a uid change, so it comes after. `confine` steps
+    (a backend's own LSM or seccomp confinement) run last, right before exec, once the
+    process has its final uid and no_new_privs.
     """
 
     uid: int | None = None
@@ -108,18 +117,19 @@ class ChildSetup:
     hide: list[str] = field(default_factory=list)
     cgroup_procs: list[str] = field(default_factory=list)
     no_new_privs: bool = False
+    confine: list[Callable[[], None]] = field(default_factory=list)
 
     def needed(self) -> bool:
         return bool(self.uid is not None or self.stage or self.hide or self.cgroup_procs
-                    or self.no_new_privs)
+                    or self.no_new_privs or self.confine)
 
     def prepare_stage(self, rundir: Path, sources: list[Path]) -> dict[Path, Path]:
         """Plan staging for sources the sandbox uid cannot reach; returns host→staged path."""
         staged = {}
         if self.uid is None:
             return staged
-        for number, source in enumerate(s for s in sources if not reachable_by_others(s)):
-            target = rundir / f"stage-{number}"
+        for source in (s for s in sources if not reachable_by_others(s)):
+            target = rundir / f"stage-{len(self.stage)}"
             if source.is_dir():
                 target.mkdir(mode=0o755)
             else:
@@ -160,6 +170,8 @@ class ChildSetup:
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
         if self.no_new_privs:
             _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        for step in self.confine:
+            step()
 
 
 def mount_scratch(path: Path, size: int, uid: int) -> None:

@@ -3,10 +3,17 @@
 Compiled once with libseccomp (through pyseccomp) and cached as raw BPF, so a run only
 opens a file: the per-run path imports nothing. Denied calls fail with EPERM (ENOSYS for
 clone3, so libc falls back to clone, whose namespace flags the filter can inspect).
+
+A sandbox without namespaces of its own (`landlock`) shares the host's network and IPC
+namespaces, so its filter (`host_namespaces=True`) also closes what Landlock does not
+cover: every socket but TCP (whose connect/bind Landlock governs; with `tcp=False` TCP
+too), SysV IPC and POSIX message queues, and the path-based chown and xattr writes that
+Landlock does not check.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -36,8 +43,22 @@ DENIED = (
 )
 
 
-def _rules_digest() -> str:
-    text = repr((DENIED, CLONE_NEWUSER, TIOCSTI, TIOCLINUX, platform.machine()))
+# Shared with the host when there is no IPC namespace; Landlock does not mediate them.
+DENIED_HOST_NAMESPACES = (
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl",
+    "semget", "semop", "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    "chown", "lchown", "fchownat", "setxattr", "lsetxattr", "removexattr", "lremovexattr",
+    "setxattrat", "removexattrat",
+)
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
+IPPROTO_TCP = 6
+
+
+def _rules_digest(host_namespaces: bool, tcp: bool) -> str:
+    text = repr((DENIED, CLONE_NEWUSER, TIOCSTI, TIOCLINUX, platform.machine(),
+                 host_namespaces and (DENIED_HOST_NAMESPACES, AF_INET6, tcp)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -46,9 +67,14 @@ def cache_dir() -> Path:
     return Path(base) / "detain"
 
 
-def filter_path() -> Path:
-    """Path of the compiled BPF program, building it on first use."""
-    path = cache_dir() / f"seccomp-{_rules_digest()}.bpf"
+def filter_path(host_namespaces: bool = False, tcp: bool = True) -> Path:
+    """Path of the compiled BPF program, building it on first use.
+
+    `host_namespaces`: the sandbox has no network/IPC namespace of its own, so sockets
+    other than TCP and host IPC are denied too; `tcp=False` denies TCP sockets as well
+    (for a kernel whose Landlock cannot restrict TCP).
+    """
+    path = cache_dir() / f"seccomp-{_rules_digest(host_namespaces, tcp)}.bpf"
     if path.is_file() and path.stat().st_size > 0:
         return path
     try:
@@ -58,11 +84,13 @@ def filter_path() -> Path:
                               "install libseccomp2 (apt) or reinstall detain") from None
     deny = seccomp.ERRNO(errno.EPERM)
     filt = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-    for name in DENIED:
+    for name in DENIED + (DENIED_HOST_NAMESPACES if host_namespaces else ()):
         try:
             filt.add_rule(deny, name)
         except (ValueError, RuntimeError, OSError):
-            continue  # not a syscall on this architecture
+            continue  # not a syscall on this architecture (or unknown to this libseccomp)
+    if host_namespaces:
+        _restrict_sockets(seccomp, filt, deny, tcp)
     filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     filt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
     for request in (TIOCSTI, TIOCLINUX):
@@ -73,3 +101,59 @@ def filter_path() -> Path:
         filt.export_bpf(handle)
     os.replace(tmp, path)
     return path
+
+
+def _restrict_sockets(seccomp, filt, deny, tcp: bool) -> None:
+    """Allow socket() only for TCP over IPv4/IPv6, socketpair() only for AF_UNIX.
+
+    Arguments are compared as 64-bit values while the kernel reads 32-bit ints, so every
+    rule is written to deny, never to allow, what stray upper bits could disguise: a
+    family with upper bits set is `GT AF_INET6`, a protocol is `GT IPPROTO_TCP`.
+    """
+    arg = seccomp.Arg
+    filt.add_rule(deny, "socketpair", arg(0, seccomp.NE, AF_UNIX))
+    if not tcp:
+        filt.add_rule(deny, "socket")
+        return
+    filt.add_rule(deny, "socket", arg(0, seccomp.GT, AF_INET6))
+    for family in range(AF_INET6):
+        if family != AF_INET:
+            filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family))
+    for family in (AF_INET, AF_INET6):
+        for kind in range(SOCK_TYPE_MASK + 1):
+            if kind != SOCK_STREAM:
+                filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family),
+                              arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, kind))
+        filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family),
+                      arg(2, seccomp.GT, IPPROTO_TCP))
+        for protocol in range(1, IPPROTO_TCP):
+            filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family),
+                          arg(2, seccomp.EQ, protocol))
+
+
+class Program:
+    """A compiled filter held in memory, to be installed by a child before it execs.
+
+    Built in the parent (file read, ctypes structures), so the child's step between
+    fork and exec is a single prctl.
+    """
+
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+
+    class _Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    def __init__(self, path: Path) -> None:
+        data = path.read_bytes()
+        if not data or len(data) % 8:
+            raise ProtectionError(f"{path}: not a compiled seccomp filter; delete it")
+        self._buffer = ctypes.create_string_buffer(data, len(data))
+        self._prog = self._Fprog(len(data) // 8, ctypes.addressof(self._buffer))
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def install(self) -> None:
+        """Load the filter into the calling process (needs no_new_privs or CAP_SYS_ADMIN)."""
+        if self._libc.prctl(self.PR_SET_SECCOMP, self.SECCOMP_MODE_FILTER,
+                            ctypes.byref(self._prog), 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"seccomp: {os.strerror(err)}")

@@ -14,10 +14,10 @@ import selectors
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-CHANNEL_CAP = 1 << 20
+CHANNEL_CAP = 4 << 20  # guest/audit.py keeps its events under 3 MiB
 RECORD_CAP = 64 << 10
 DRAIN_SECONDS = 0.5
 Sink = Callable[[bytes], None]
@@ -86,11 +86,13 @@ def supervise(argv: Sequence[str], *, env: dict[str, str], timeout: float,
               cwd: str | None = None, preexec: Callable[[], None] | None = None,
               pass_fds: Sequence[int] = (), channel: int | None = None,
               kill: Callable[[subprocess.Popen], None],
-              close_after_start: list[int] | None = None) -> Outcome:
+              close_after_start: list[int] | None = None,
+              extra: Sequence[tuple[int, Sink]] = ()) -> Outcome:
     """Run `argv` to completion or to its deadline; `kill` must end the whole sandbox.
 
     `close_after_start` holds fds only the child needs (the channel's write end): they are
     closed, and removed from the list, as soon as the child exists, so EOF can arrive.
+    `extra` are more (fd, sink) streams to read and drain like stdout/stderr (a VM's ports).
     """
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -116,6 +118,8 @@ def supervise(argv: Sequence[str], *, env: dict[str, str], timeout: float,
     if channel is not None:
         sel.register(channel, selectors.EVENT_READ,
                      lambda chunk: _channel_feed(chunk, channel_state, records))
+    for fd, sink in extra:
+        sel.register(fd, selectors.EVENT_READ, sink)
     sel.register(pidfd, selectors.EVENT_READ, None)
     try:
         while returncode is None:

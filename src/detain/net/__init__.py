@@ -1,0 +1,1 @@
+"""Network egress for sandboxes: the allow-list rules and the per-run host proxy."""

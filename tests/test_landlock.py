@@ -1,0 +1,206 @@
+"""The landlock backend: what Landlock and its seccomp filter close, observed from inside.
+
+The generic containment, limit and cleanup tests already run on landlock (conftest); these
+cover what is particular to a sandbox without namespaces: the host's network and IPC are
+shared, so every socket but TCP and every host IPC channel must be refused, TCP must be
+refused by Landlock, and the confinement must land on the child only.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, ROOT, require, run
+from detain.backends import probe
+from detain.errors import ProtectionError
+from detain.host import landlock
+
+
+@pytest.fixture(autouse=True)
+def landlock_available():
+    require("landlock")
+
+
+PROBES = r"""
+import ctypes, errno, os, socket, subprocess
+def attempt(name, func):
+    try:
+        func()
+        print(name, "allowed")
+    except OSError as exc:
+        print(name, errno.errorcode.get(exc.errno, exc.errno))
+def sock(*args):
+    socket.socket(*args).close()
+def tcp_connect():
+    with socket.socket() as s:
+        s.connect(("127.0.0.1", 9))
+attempt("tcp_socket", lambda: sock(socket.AF_INET, socket.SOCK_STREAM))
+attempt("tcp_connect", tcp_connect)
+attempt("udp", lambda: sock(socket.AF_INET, socket.SOCK_DGRAM))
+attempt("udp6", lambda: sock(socket.AF_INET6, socket.SOCK_DGRAM))
+attempt("raw", lambda: sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+attempt("sctp", lambda: sock(socket.AF_INET, socket.SOCK_STREAM, 132))
+attempt("unix", lambda: sock(socket.AF_UNIX, socket.SOCK_STREAM))
+attempt("netlink", lambda: sock(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+attempt("packet", lambda: sock(socket.AF_PACKET, socket.SOCK_RAW, 0))
+attempt("socketpair", lambda: [s.close() for s in socket.socketpair()])
+libc = ctypes.CDLL(None, use_errno=True)
+def sysv():
+    if libc.shmget(0, 4096, 0o1600) == -1:
+        raise OSError(ctypes.get_errno(), "shmget")
+attempt("sysv_shm", sysv)
+attempt("read_proc_1", lambda: open("/proc/1/cmdline").read())
+attempt("list_proc", lambda: os.listdir("/proc"))
+attempt("write_tmp", lambda: open("/tmp/detain-landlock-probe", "w").close())
+def exec_scratch():
+    with open("tool.sh", "w") as handle:
+        handle.write("#!/bin/sh\necho ran\n")
+    os.chmod("tool.sh", 0o755)
+    subprocess.run(["./tool.sh"], check=True)
+attempt("exec_scratch", exec_scratch)
+attempt("exec_system", lambda: subprocess.run(["/bin/true"], check=True))
+for n in range(3, 256):
+    try:
+        os.fstat(n)
+    except OSError:
+        continue
+    print("fd", n, os.readlink("/proc/self/fd/%d" % n))
+"""
+
+
+@pytest.fixture(scope="module")
+def observed():
+    result = run("landlock", PROBES)
+    assert result.status == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    return result, {line.split()[0]: line.split()[-1] for line in lines if not
+                    line.startswith("fd ")}, [line for line in lines if line.startswith("fd ")]
+
+
+def test_probe_reports_the_abi():
+    found = probe("landlock")
+    assert found.available
+    assert found.version == f"ABI {landlock.abi()}"
+    assert dict(found.details)["abi"] == str(landlock.abi())
+
+
+def test_only_tcp_sockets_exist_and_landlock_refuses_their_connect(observed):
+    _, seen, _ = observed
+    assert seen["socketpair"] == "allowed"
+    for name in ("udp", "udp6", "raw", "sctp", "unix", "netlink", "packet"):
+        assert seen[name] == "EPERM", (name, seen[name])
+    if landlock.abi() >= landlock.NET_ABI:
+        assert seen["tcp_socket"] == "allowed"
+        assert seen["tcp_connect"] == "EACCES"
+    else:
+        assert seen["tcp_socket"] == "EPERM"
+
+
+def test_host_ipc_and_other_processes_are_out_of_reach(observed):
+    _, seen, _ = observed
+    assert seen["sysv_shm"] == "EPERM"
+    assert seen["read_proc_1"] == "EACCES"
+    assert seen["list_proc"] == "allowed"  # names only: there is no pid namespace to hide
+
+
+def test_scratch_is_writable_but_not_executable(observed):
+    _, seen, _ = observed
+    assert seen["write_tmp"] == "EACCES"
+    assert seen["exec_scratch"] == "EACCES"
+    assert seen["exec_system"] == "allowed"
+
+
+def test_the_ruleset_fd_is_not_inherited(observed):
+    _, _, fds = observed
+    assert not [line for line in fds if "landlock" in line], fds
+
+
+def test_assurance_names_the_ruleset(observed):
+    result, _, _ = observed
+    seen = result.assurance
+    assert seen["seccomp"] and seen["no_new_privs"]
+    assert seen["capabilities"] == "none"
+    assert seen["uid"] != 0
+    ruleset = seen["landlock"]
+    assert ruleset["abi"] == landlock.abi()
+    assert "write_file" in ruleset["handled_fs"] and "execute" in ruleset["handled_fs"]
+    assert len(seen["writable"]) == 1 and seen["writable"][0].endswith("/scratch")
+    if landlock.abi() >= landlock.NET_ABI:
+        assert set(ruleset["handled_net"]) >= {"bind_tcp", "connect_tcp"}
+    if landlock.abi() >= landlock.SCOPE_ABI:
+        assert set(ruleset["scoped"]) == {"signal", "abstract_unix_socket"}
+    assert seen["network_interfaces"] is None  # no namespace: the host's, not observed
+
+
+def test_detain_itself_is_never_confined():
+    run("landlock", "print('hi')")
+    status = open("/proc/self/status").read()
+    assert "\nSeccomp:\t0" in status
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+    assert os.listdir(REPO)
+
+
+def test_mounts_are_refused_not_ignored(tmp_path):
+    with pytest.raises(ProtectionError, match="no mount namespace"):
+        run("landlock", "pass", mount=[f"{tmp_path}:/mnt/in"])
+
+
+def test_probe_without_landlock_says_why(monkeypatch):
+    from detain.backends import landlock as backend
+
+    monkeypatch.setattr(landlock, "abi", lambda: 0)
+    found = backend.BACKEND.probe()
+    assert not found.available and "no Landlock" in found.reason
+
+
+def test_probe_refuses_unprivileged_runs_without_signal_scoping(monkeypatch):
+    from detain.backends import landlock as backend
+
+    monkeypatch.setattr(landlock, "abi", lambda: 5)
+    monkeypatch.setattr(backend.privileges, "is_root", lambda: False)
+    found = backend.BACKEND.probe()
+    assert not found.available and "ABI 6" in found.reason
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ROOT, reason="creating a user needs root")
+def test_landlock_containment_as_unprivileged_user():
+    """The generic contract again, with detain itself running as an ordinary user."""
+    from test_unprivileged import USER, _reachable_python
+
+    python = _reachable_python()
+    if python is None:
+        pytest.skip("no interpreter of this version outside /root for an unprivileged user")
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", USER], check=True)
+    home = Path(tempfile.mkdtemp(prefix="detain-landlock-home-"))
+    try:
+        os.chmod(home, 0o755)
+        shutil.chown(home, USER, USER)
+        _run_contract_as(USER, python, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _run_contract_as(user: str, python: str, home: Path) -> None:
+    paths = [str(REPO / "src"), sysconfig.get_paths()["purelib"]]
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+           "PYTHONPATH": os.pathsep.join(paths), "XDG_CACHE_HOME": str(home / ".cache"),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        ["runuser", "-u", user, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "landlock", "-x",
+         "--basetemp", str(home / "pytest"), "tests/test_containment.py",
+         "tests/test_limits.py", "tests/test_basics.py"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in summary and "skipped" not in summary, summary
