@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint soak bench system-deps clean
+.PHONY: run test lint soak bench system-deps setup-backends clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ system-deps:
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench examples
 
+## backends that need preparing (as root, where their packages were installed)
+setup-backends: $(VENV)/.installed
+	@if [ "$$(id -u)" -eq 0 ] && command -v qemu-system-x86_64 >/dev/null; then \
+		$(BIN)/detain setup microvm; \
+	else echo "setup-backends: microvm not prepared (needs root and qemu-system-x86)"; fi
+
 ## make test: system packages (as root), test dependencies, lint, the whole suite
-test: system-deps $(VENV)/.installed-test lint
+test: system-deps $(VENV)/.installed-test lint setup-backends
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make soak: the long reliability runs (2,000 runs, concurrency, faults)
