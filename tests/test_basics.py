@@ -83,15 +83,16 @@ def test_cli_passes_output_and_status_through(tmp_path):
 
 
 def test_cli_code_and_module(tmp_path):
-    done = detain_cli("run", "-c", "import sys; print(sys.argv[1:])", "x", "y")
+    done = detain_cli("run", "--backend", "bwrap", "-c", "import sys; print(sys.argv[1:])",
+                      "x", "y")
     assert done.stdout == b"['x', 'y']\n" and done.returncode == 0, done.stderr
-    done = detain_cli("run", "-m", "json.tool", input=b"[1]")
+    done = detain_cli("run", "--backend", "bwrap", "-m", "json.tool", input=b"[1]")
     assert done.returncode == 0 and done.stdout.split() == [b"[", b"1", b"]"], done.stderr
 
 
 def test_cli_json_result(tmp_path):
     out = tmp_path / "r.json"
-    done = detain_cli("run", "--json", str(out), "-c", "print('x')")
+    done = detain_cli("run", "--backend", "bwrap", "--json", str(out), "-c", "print('x')")
     assert done.returncode == 0
     import json
 

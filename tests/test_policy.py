@@ -93,5 +93,6 @@ def test_cli_refuses_below_min_level_and_says_how():
 
 def test_cli_pyproject_is_read_from_working_directory(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.detain]\ntimeout = 1\n")
-    done = detain_cli("run", "-c", "import time; time.sleep(10)", cwd=tmp_path)
+    done = detain_cli("run", "--backend", "bwrap", "-c", "import time; time.sleep(10)",
+                      cwd=tmp_path)
     assert done.returncode == 124
