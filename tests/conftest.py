@@ -23,6 +23,8 @@ CONTRACT_BACKENDS = [n for n, e in BACKENDS.items()
 CONTAINING_BACKENDS = [n for n in CONTRACT_BACKENDS if BACKENDS[n].level >= 2]
 
 ROOT = os.geteuid() == 0
+# A private dockerd for the session, when root and docker.io is installed (else docker skips).
+pytest_plugins = ["conftest_containers"]
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,111 @@
+"""Backends driven through a container engine's command line: podman and docker.
+
+Both take the same `run` flags for what detain needs, so the command is built here once;
+a subclass says which engine binary and global flags to use, what the root file system is
+(podman: the skeleton dir itself; docker: an image imported from it) and how the engine's
+own additions to the environment are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from ..host import containers, seccomp_oci
+from ..host.rootfs import Bind
+from ..policy import SCRATCH
+from .base import Launch, RunContext
+from .container import ContainerBackend
+
+STOP_TIMEOUT = 60
+
+
+class EngineBackend(ContainerBackend):
+    """A container started with `ENGINE run --rm …`, attached to detain's pipes."""
+
+    # runc's init (a multi-threaded Go process: threads count as pids), conmon and the
+    # engine's exit hooks share the run's pids cgroup; the job's own processes are capped
+    # by RLIMIT_NPROC on its fresh uid.
+    extra_pids = 32
+    supports_image = True
+
+    def engine(self, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
+        """The engine's argv prefix (binary and global flags) and environment."""
+        raise NotImplementedError
+
+    def root(self, ctx: RunContext) -> list[str]:
+        """The arguments naming the container's root: an image, or podman's `--rootfs DIR`."""
+        raise NotImplementedError
+
+    def engine_flags(self, ctx: RunContext) -> list[str]:
+        """Engine-specific `run` flags (podman's env and passwd handling, for instance)."""
+        return []
+
+    def wrap(self, ctx: RunContext, command: list[str]) -> list[str]:
+        """Engines add variables of their own (HOSTNAME, container=podman) that no flag
+        removes, so the launcher starts through `env -i` with exactly the policy's."""
+        env = [f"{k}={v}" for k, v in ctx.guest_env(home=SCRATCH).items()]
+        return ["/usr/bin/env", "-i", *env, *command]
+
+    def start(self, ctx: RunContext, binds: list[Bind], command: list[str],
+              user: tuple[int, int]) -> Launch:
+        lim = ctx.policy.limits
+        prefix, env = self.engine(ctx)
+        name = f"detain-{ctx.run.path.name}"
+        ctx.extra["container"] = name
+        argv = [*prefix, "run", "--rm", "--name", name, "--label", f"detain.run={ctx.run.path}",
+                "--network", "none", "--read-only", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges",
+                "--security-opt", f"seccomp={seccomp_oci.profile_path()}",
+                "--user", f"{user[0]}:{user[1]}", "--workdir", SCRATCH, "--hostname", "detain",
+                "--ulimit", f"nofile={lim.open_files}:{lim.open_files}",
+                "--ulimit", f"nproc={lim.processes}:{lim.processes}",
+                "--tmpfs", f"/tmp:rw,nosuid,nodev,size={lim.disk_bytes},mode=1777",
+                "--shm-size", str(min(lim.disk_bytes, lim.memory_bytes)),
+                "--log-driver", "none", "--pull", "never"]
+        if ctx.job.stdin is not None:
+            argv.append("--interactive")
+        parent = self.cgroup_parent(ctx)
+        if parent is not None:
+            argv += ["--cgroup-parent", parent]
+        for bind in binds:
+            argv += ["--mount", f"type=bind,source={bind.source},destination={bind.target}"
+                     + ("" if bind.writable else ",readonly")]
+        argv += self.engine_flags(ctx)
+        ctx.run.record(containers.KIND, {"remove": self.remove(prefix, name), "env": env})
+        argv += [*self.root(ctx), *self.wrap(ctx, command)]
+        return Launch(argv, env=env)
+
+    def remove(self, prefix: list[str], name: str) -> list[str]:
+        """The command that removes the container at once, running or not."""
+        return [*prefix, "rm", "--force", name]
+
+    def stop(self, ctx: RunContext) -> None:
+        prefix, env = self.engine(ctx)
+        subprocess.run(self.remove(prefix, ctx.extra["container"]), env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_TIMEOUT,
+                       check=False)
+
+    def kill(self, ctx: RunContext, proc) -> None:
+        super().kill(ctx, proc)
+        if "container" in ctx.extra and proc.returncode is not None:
+            # `run --rm` has removed the container by the time the client exits (or the
+            # forced removal above did): this run's cleanup has nothing left to do. The
+            # journal keeps the record; a sweep after a crash finds the container gone.
+            ctx.run.state.pop("container", None)
+
+    def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
+        return {**super().host_assurance(ctx, seen), "engine": self.describe_engine(ctx),
+                "seccomp_profile": "detain's (replaces the engine default)"}
+
+    def describe_engine(self, ctx: RunContext) -> dict:
+        return {"name": self.name}
+
+
+def engine_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment for the engine client: PATH for its helpers, and no secrets."""
+    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")}
+    for key in ("XDG_RUNTIME_DIR", "HOME", "DOCKER_HOST", "CONTAINER_HOST", "USER"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return {**env, **(extra or {})}
