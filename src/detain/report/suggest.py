@@ -1,0 +1,73 @@
+"""`--suggest-policy`: the tightest policy (TOML) under which this run would still pass.
+
+Limits are what the run used with headroom (doubled, rounded up), never above what it was
+given; capabilities it did not use are turned off. Behaviour detain cannot allow yet (a
+network allow-list) is listed as a comment, so the user sees what the code wanted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..units import format_size, parse_size
+
+MIB = 1 << 20
+
+
+def _size(used: int, given: str, floor: int) -> str:
+    cap = parse_size(given, "limit") if given else used * 2
+    wanted = max(floor, math.ceil(used * 2 / MIB) * MIB)
+    return format_size(min(cap, wanted) if cap >= floor else cap)
+
+
+def _seconds(used: float, given: float) -> int | float:
+    return min(given, max(1, math.ceil(used * 2 + 1)))
+
+
+def suggest_policy(report: dict[str, Any]) -> str:
+    """TOML text for `--policy FILE`, with comments saying why each line is there."""
+    events = report["events"]
+    policy, limits = report["policy"], report["policy"]["limits"]
+    timings = report["timings"]
+    spawned = sum(1 for e in events if e["category"] == "process"
+                  and e["event"] in ("subprocess.Popen", "os.fork", "os.forkpty", "os.spawn",
+                                     "os.posix_spawn", "os.system", "pty.spawn"))
+    writes = [e for e in events if e["category"] == "file-write"]
+    hosts = sorted({str(e["detail"].get("host") or e["detail"].get("address")
+                        or e["detail"].get("url")) for e in events if e["category"] == "network"})
+    lines = [
+        "# Suggested by detain from one observed run: the least it needed.",
+        f"# backend {report['backend']['name']} (level {report['backend']['level']}); "
+        f"re-run with --policy to check it still passes.",
+        f"min_level = {max(policy.get('min_level', 2), 2)}",
+        'profile = "strict"',
+        'network = "none"',
+    ]
+    if hosts:
+        lines.append("# the code tried to reach: " + ", ".join(hosts)[:400])
+        lines.append("# (an allow-list needs detain's egress proxy; keep none until then)")
+    lines += [
+        f"timeout = {_seconds(timings['wall_seconds'], limits['timeout'])}",
+        f"cpu = {_seconds(timings['cpu_seconds'], limits['cpu'])}",
+        f'memory = "{_size(timings["peak_memory_bytes"], limits["memory"], 32 * MIB)}"',
+        f"processes = {min(limits['processes'], 1 + spawned * 2)}"
+        + ("  # the job spawned processes" if spawned else "  # the job spawned none"),
+        f'disk = "{limits["disk"] if writes else "1M"}"'
+        + ("  # the job wrote files" if writes else "  # the job wrote no files"),
+        f'output = "{limits["output"]}"',
+    ]
+    if policy.get("env"):
+        lines.append("# environment variables given: " + ", ".join(policy["env"]))
+    kept = []
+    for mount in policy.get("mounts", []):
+        host, sandbox, mode = mount.rsplit(":", 2)
+        used = [e for e in events if str(e["detail"].get("path", "")).startswith(sandbox)]
+        if not used:
+            lines.append(f"# mount {host} -> {sandbox} was never touched: dropped")
+            continue
+        written = any(e["category"] == "file-write" for e in used)
+        kept.append(f'"{host}:{sandbox}:{"rw" if written and mode == "rw" else "ro"}"')
+    if kept:
+        lines.append(f"mount = [{', '.join(kept)}]")
+    return "\n".join(lines) + "\n"

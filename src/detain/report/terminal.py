@@ -1,0 +1,95 @@
+"""The terminal view: a summary panel and the notable behaviour, grouped and de-duplicated.
+
+Every string from the sandbox is shown as plain text (rich markup escaped), so a job cannot
+style, hide or fake lines of the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from .build import NOTABLE
+
+STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
+ROWS = 40
+
+
+def _summary(report: dict[str, Any]) -> Panel:
+    outcome, summary = report["outcome"], report["summary"]
+    backend = report.get("backend") or {}
+    lines = []
+    if backend.get("name"):
+        lines.append(f"backend [bold]{escape(backend['name'])}[/] (level {backend['level']})"
+                     f"  status [bold]{outcome['status']}[/]"
+                     f"  wall {report['timings']['wall_seconds']} s"
+                     f"  cpu {report['timings']['cpu_seconds']} s")
+        lines.append(f"events {summary['events']} ({summary['notable']} notable, "
+                     f"{summary['high']} high), dropped {summary['dropped']}, "
+                     f"suspect {summary['suspect']}")
+    if report["static"]["ran"]:
+        lines.append(f"static findings {summary['findings']} ({summary['findings_high']} high)"
+                     f", confirmed at run time {summary['confirmed']}, behaviour no finding "
+                     f"predicted {summary['unpredicted']}")
+    for flag in report["integrity"].get("flags", [])[:5]:
+        lines.append(f"[yellow]integrity:[/] {escape(flag)}")
+    if outcome.get("error"):
+        lines.append(f"[red]error:[/] {escape(outcome['error'])}")
+    return Panel("\n".join(lines), title="detain report", expand=False)
+
+
+def grouped(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Notable events merged by (category, what, where), with a count and first time."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for event in events:
+        if event["category"] not in NOTABLE and event["severity"] != "high":
+            continue
+        key = (event["category"], event["summary"], event.get("file"), event.get("line"))
+        group = groups.setdefault(key, {**event, "count": 0})
+        group["count"] += 1
+    order = {"high": 0, "medium": 1, "low": 2, "info": 3}
+    return sorted(groups.values(), key=lambda g: (order.get(g["severity"], 4), g["t"] or 0))
+
+
+def _behaviour(report: dict[str, Any]) -> Table:
+    table = Table(title="notable behaviour", expand=False)
+    for column in ("severity", "category", "what", "where", "n", "source"):
+        table.add_column(column, overflow="fold")
+    rows = grouped(report["events"])
+    for group in rows[:ROWS]:
+        where = f"{group['file']}:{group['line']}" if group.get("file") else "-"
+        source = group["provenance"] + (" [red]suspect[/]" if group.get("suspect") else "")
+        if group.get("predicted") is False:
+            source += " [magenta]unpredicted[/]"
+        table.add_row(f"[{STYLE.get(group['severity'], '')}]{group['severity']}[/]",
+                      group["category"], escape(group["summary"][:120]), escape(where),
+                      str(group["count"]), source)
+    if len(rows) > ROWS:
+        table.caption = f"{len(rows) - ROWS} more in the JSON/HTML report"
+    return table
+
+
+def _findings(report: dict[str, Any]) -> Table:
+    table = Table(title="static findings", expand=False)
+    for column in ("severity", "rule", "message", "where", "run"):
+        table.add_column(column, overflow="fold")
+    for finding in report["static"]["findings"][:ROWS]:
+        table.add_row(f"[{STYLE.get(finding['severity'], '')}]{finding['severity']}[/]",
+                      escape(finding["id"]), escape(finding["message"][:100]),
+                      escape(f"{finding['file']}:{finding['line']}"),
+                      "confirmed" if finding.get("confirmed") else "")
+    return table
+
+
+def render_terminal(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    parts: list[Any] = [_summary(report)]
+    if report["events"]:
+        parts.append(_behaviour(report))
+    if report["static"]["findings"]:
+        parts.append(_findings(report))
+    console.print(Group(*parts))

@@ -1,0 +1,105 @@
+"""Static pre-scan: look at the job's files before anything runs; nothing executes.
+
+`scan(path)` walks a file or a directory (symlinks are not followed, sizes and counts are
+capped: the files may be hostile too), runs Bandit over the Python files and detain's own
+checks (scan/checks.py) over everything, and returns one JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import DetainError
+from . import checks
+
+MAX_FILES = 5000
+MAX_READ = 2 << 20
+SKIP_DIRS = {".git", "__pycache__", ".hg", ".svn", ".tox", ".nox", "node_modules"}
+SEVERITY_ORDER = {"high": 3, "medium": 2, "low": 1, "info": 0, "undefined": 0}
+
+
+def _walk(root: Path) -> tuple[list[Path], int]:
+    if root.is_file():
+        return [root], 0
+    files, skipped = [], 0
+    for directory, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        for name in sorted(names):
+            path = Path(directory, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            if len(files) >= MAX_FILES:
+                skipped += 1
+                continue
+            files.append(path)
+    return files, skipped
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(MAX_READ)
+
+
+def scan(path: str | os.PathLike, *, use_bandit: bool = True,
+         display_name: str | None = None) -> dict[str, Any]:
+    """Findings for everything under `path`; file names are relative to it."""
+    target = Path(path)
+    if not target.exists():
+        raise DetainError(f"scan: {path} does not exist")
+    started = time.monotonic()
+    root = target.parent if target.is_file() else target
+    files, skipped = _walk(target)
+    findings: list[dict[str, Any]] = []
+    errors: list[str] = []
+    python_files = []
+    for file in files:
+        rel = display_name or file.relative_to(root).as_posix()
+        try:
+            data = _read(file)
+        except OSError as exc:
+            errors.append(f"{rel}: {exc.strerror}")
+            continue
+        findings += checks.check_binary(file, rel, data[:4])
+        if file.suffix == ".pth":
+            findings += checks.check_pth(data.decode("utf-8", "replace"), rel)
+        if file.suffix == ".py" or (target.is_file() and b"\0" not in data[:1024]):
+            python_files.append(file)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tree = ast.parse(data, filename=rel)
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                errors.append(f"{rel}: not parseable as Python ({exc.__class__.__name__})")
+                continue
+            findings += checks.check_python(tree, rel, file.name == "setup.py")
+    if use_bandit:
+        found, bandit_errors = _bandit(python_files, root)
+        if display_name:
+            for item in found:
+                item["file"] = display_name
+        findings += found
+        errors += bandit_errors
+    if skipped:
+        errors.append(f"{skipped} file(s) past the {MAX_FILES}-file cap were not scanned")
+    findings.sort(key=lambda f: (-SEVERITY_ORDER.get(f["severity"], 0), f["file"], f["line"]))
+    for number, item in enumerate(findings, 1):
+        item["ref"] = f"S{number}"
+    return {"ran": True, "root": str(target.resolve()), "files": len(files),
+            "tools": ["detain", "bandit"] if use_bandit else ["detain"],
+            "seconds": round(time.monotonic() - started, 3), "findings": findings,
+            "errors": errors}
+
+
+def _bandit(files: list[Path], root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    from .bandit_pass import run_bandit
+
+    try:
+        return run_bandit(files, root)
+    except ImportError:
+        return [], ["bandit is not installed: only detain's own checks ran "
+                    "(pip install 'bandit>=1.7')"]
