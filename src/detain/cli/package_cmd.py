@@ -1,0 +1,113 @@
+"""`detain package SPEC`: vet a dependency before you trust it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .run_cmd import add_policy_options
+
+NOTABLE = ("network", "file-write", "process", "native", "code", "hook")
+DEFAULT_TIMEOUT = "180"  # a phase's wall clock: an sdist build inside takes a while
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "package", help="vet a package: install, import (and exercise) it in sandboxes",
+        description="Fetch a package on the host (download only: nothing of it runs there), "
+        "scan it statically, then install it, import every module and optionally exercise "
+        "it, each in its own sandbox, and report what each phase did. Install may reach only "
+        "the package index configured for pip; import and exercise have no network. Exit "
+        "status 0 when every phase ran, 1 when one failed, 2 for detain's own errors.",
+        usage="detain package [OPTIONS] SPEC [--against SPEC]")
+    parser.add_argument("spec", metavar="SPEC",
+                        help="name==version, a wheel or sdist file, or a project directory")
+    parser.add_argument("--against", metavar="SPEC", help="also vet SPEC (e.g. the previous "
+                        "version) and show what is new in the first one")
+    parser.add_argument("--exercise", action="store_true", help="also call every public "
+                        "function that takes no required argument, each under a timeout")
+    parser.add_argument("--import-timeout", metavar="SECONDS", type=float, default=10.0,
+                        help="per module (and per call with --exercise); default 10")
+    parser.add_argument("--json", metavar="PATH", help="write the package report as JSON "
+                        "(- for stdout)")
+    add_policy_options(parser)
+    parser.set_defaults(handler=execute)
+
+
+def execute(args: argparse.Namespace) -> int:
+    from ..package.diff import diff
+    from ..package.phases import vet
+    from .run_cmd import _write_json, policy_from_args
+
+    if args.timeout is None:
+        args.timeout = DEFAULT_TIMEOUT
+    policy = policy_from_args(args)
+
+    def progress(text: str) -> None:
+        print(f"detain: {text}", file=sys.stderr, flush=True)
+
+    report = vet(args.spec, policy, exercise=args.exercise, seconds=args.import_timeout,
+                 progress=progress)
+    output: dict[str, Any] = report
+    if args.against:
+        older = vet(args.against, policy, exercise=args.exercise, seconds=args.import_timeout,
+                    progress=progress)
+        output = {"package": report, "against": older, "new_behaviour": diff(report, older)}
+    if args.json:
+        _write_json(args.json, output)
+    if args.json != "-":
+        render(report)
+        if args.against:
+            render_diff(args.spec, args.against, output["new_behaviour"])
+    failed = [p for p in report["phases"] if p["status"] != 0]
+    return 1 if failed or len(report["phases"]) < 2 else 0
+
+
+def render(report: dict[str, Any]) -> None:
+    """A readable terminal summary: per phase, its status and notable behaviour."""
+    out = sys.stdout
+    fetched = report["fetch"]
+    out.write(f"\n{report['spec']}: {fetched['kind']} {fetched['artifact']}"
+              f"{' sha256 ' + fetched['sha256'][:16] + '…' if fetched['sha256'] else ''}"
+              f" ({report['seconds']} s in all)\n")
+    findings = report["scan"].get("findings", [])
+    out.write(f"  scan     {len(findings)} static finding(s)\n")
+    for finding in findings[:15]:
+        out.write(f"           [{finding.get('severity')}] {finding.get('file')}:"
+                  f"{finding.get('line') or ''} {finding.get('title') or finding.get('id')}\n")
+    for phase in report["phases"]:
+        events = [e for e in phase["report"]["events"] if e["category"] in NOTABLE]
+        state = "ok" if phase["status"] == 0 else f"FAILED (exit {phase['status']})"
+        egress = phase.get("egress") or {}
+        net = (f", network {egress.get('allowed', 0)} allowed / {egress.get('refused', 0)} "
+               "refused" if egress else ", no network")
+        out.write(f"  {phase['phase']:<8} {state} on {phase['backend']} in "
+                  f"{phase['seconds']} s{net}\n")
+        if phase["error"]:
+            out.write(f"           error: {phase['error']}\n")
+        seen: set[str] = set()
+        for event in events:
+            line = f"[{event['severity']}] {event['summary'][:140]} ({event['provenance']})"
+            if line not in seen and len(seen) < 25:
+                seen.add(line)
+                out.write(f"           {line}\n")
+        failures = {k: v for k, v in (phase.get("outcome") or {}).get("modules", {}).items()
+                    if v}
+        for module, error in list(failures.items())[:10]:
+            out.write(f"           import {module}: {error}\n")
+        if phase["status"] != 0:
+            out.write("           " + phase["output_tail"][-800:].replace("\n", "\n           ")
+                      + "\n")
+
+
+def render_diff(spec: str, against: str, new: dict[str, dict[str, list[str]]]) -> None:
+    out = sys.stdout
+    if not new:
+        out.write(f"\nnothing new in {spec} compared with {against}\n")
+        return
+    out.write(f"\nnew in {spec} compared with {against}:\n")
+    for phase, kinds in new.items():
+        for kind, items in kinds.items():
+            out.write(f"  {phase:<8} {kind}: {json.dumps(items[:20])}\n")

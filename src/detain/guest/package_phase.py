@@ -1,0 +1,174 @@
+"""Inside the sandbox: one phase of `detain package` (stdlib only).
+
+    package_phase.py install TARGET_DIR ARTIFACT [PIP_OPTIONS...]
+    package_phase.py import SITE_DIR TIMEOUT
+    package_phase.py exercise SITE_DIR TIMEOUT
+
+install: a throw-away venv in scratch runs pip (from the interpreter's bundled wheel, as
+guest/deps.py finds it) to install the artifact and its dependencies into TARGET_DIR; sdists
+are built here, inside. pip and any build run as child processes: what they do on the
+network is seen by the host proxy, not by this process's audit hook.
+import: SITE_DIR is added as a site dir (so its .pth files run, as they would in a real
+environment), then every top-level module and submodule is imported, each under a timeout.
+exercise: after importing, every public function that takes no required argument is
+called once, each under a timeout — package-analysis's idea of exercising the code.
+
+The outcome is printed as one `DETAIN-PHASE {json}` line on stdout: produced in the same
+process as the package's code, it is in-process evidence like the audit events.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import pkgutil
+import signal
+import site
+import subprocess
+import sys
+import warnings
+
+MARKER = "DETAIN-PHASE "
+MAX_MODULES = 500
+MAX_CALLS = 500
+
+
+class PhaseTimeout(BaseException):
+    """Raised by the alarm; a BaseException so the package's `except Exception` won't eat it."""
+
+
+def _alarm(_signum, _frame):
+    raise PhaseTimeout()
+
+
+def limited(seconds, func, *args):
+    """(ok, error text) of func(*args), given at most `seconds` seconds."""
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        func(*args)
+        return True, None
+    except PhaseTimeout:
+        return False, "timed out after %s s" % seconds
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt from the package too
+        return False, ("%s: %s" % (type(exc).__name__, exc))[:300]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def guest_helper(name):
+    """A sibling of the launcher (guest/NAME.py), located through the interpreter's argv."""
+    import importlib.util
+
+    launcher = next(a for a in sys.orig_argv if a.endswith("launcher.py"))
+    path = os.path.join(os.path.dirname(launcher), name + ".py")
+    spec = importlib.util.spec_from_file_location("detain_guest_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def install(target_dir, artifact, pip_options):
+    import venv
+
+    work = os.getcwd()
+    if os.path.isdir(artifact):  # a source tree is shown read-only; pip builds in place
+        import shutil
+
+        artifact = shutil.copytree(artifact, os.path.join(work, "src"), symlinks=True)
+    prefix = os.path.join(work, "venv")
+    venv.EnvBuilder(symlinks=True, with_pip=False).create(prefix)
+    wheel = guest_helper("deps").pip_wheel()
+    if wheel is None:
+        return {"ok": False, "error": "this interpreter ships no pip wheel (ensurepip)"}
+    tmp = os.path.join(work, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    argv = [os.path.join(prefix, "bin", "python"), "-I", os.path.join(wheel, "pip"),
+            "install", "--isolated", "--target", target_dir, "--no-cache-dir",
+            "--disable-pip-version-check", "--no-input", "--no-warn-script-location",
+            "--progress-bar", "off", *pip_options, artifact]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": tmp, "HOME": work,
+           "LANG": "C.UTF-8"}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=False)
+    installed = sorted(n[:-len(".dist-info")] for n in os.listdir(target_dir)
+                       if n.endswith(".dist-info")) if os.path.isdir(target_dir) else []
+    return {"ok": done.returncode == 0, "pip_exit": done.returncode, "installed": installed}
+
+
+def top_level(site_dir):
+    """Top-level importable names: dist-info's top_level.txt, else what lies in the dir."""
+    names = set()
+    for entry in os.listdir(site_dir):
+        path = os.path.join(site_dir, entry)
+        if entry.endswith(".dist-info") and os.path.isfile(os.path.join(path, "top_level.txt")):
+            with open(os.path.join(path, "top_level.txt"), encoding="utf-8") as handle:
+                names.update(line.strip() for line in handle if line.strip())
+        elif entry.endswith(".py") and entry[:-3].isidentifier():
+            names.add(entry[:-3])
+        elif entry.isidentifier() and os.path.isfile(os.path.join(path, "__init__.py")):
+            names.add(entry)
+        elif ".cpython-" in entry and entry.endswith(".so"):
+            names.add(entry.split(".", 1)[0])
+    return sorted(n for n in names if n.isidentifier() and n not in ("bin", "tests", "test"))
+
+
+def import_all(site_dir, seconds):
+    site.addsitedir(site_dir)
+    results = {}
+    for name in top_level(site_dir):
+        results[name] = limited(seconds, importlib.import_module, name)
+        module = sys.modules.get(name)
+        if not results[name][0] or not hasattr(module, "__path__"):
+            continue
+        for info in pkgutil.walk_packages(module.__path__, name + ".", onerror=lambda _: None):
+            if len(results) >= MAX_MODULES:
+                break
+            results[info.name] = limited(seconds, importlib.import_module, info.name)
+    return results
+
+
+def exercise(modules, seconds):
+    calls = {}
+    for name in modules:
+        module = sys.modules.get(name)
+        for attr, value in sorted(vars(module).items()) if module is not None else ():
+            if attr.startswith("_") or not inspect.isfunction(value):
+                continue
+            if value.__module__ != name or len(calls) >= MAX_CALLS:
+                continue
+            try:
+                params = inspect.signature(value).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            if any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                      p.KEYWORD_ONLY) for p in params):
+                continue
+            calls[name + "." + attr] = limited(seconds, value)
+    return calls
+
+
+def main():
+    # Under the strict profile (-W error) a package's DeprecationWarning would read as a
+    # failed import; warnings are shown, not raised, for the package's code.
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    phase, first, *rest = sys.argv[1:]
+    if phase == "install":
+        outcome = install(first, rest[0], rest[1:])
+    else:
+        seconds = float(rest[0])
+        imported = import_all(first, seconds)
+        outcome = {"ok": True, "modules": {k: v[1] for k, v in imported.items()}}
+        if phase == "exercise":
+            ok = [k for k, v in imported.items() if v[0]]
+            outcome["calls"] = {k: v[1] for k, v in exercise(ok, seconds).items()}
+    sys.stdout.write("\n" + MARKER + json.dumps(outcome) + "\n")
+    sys.stdout.flush()
+    sys.exit(0 if outcome["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Inside the sandbox: run a project's pytest suite and keep a timeline of its tests.
+
+Run by the launcher as the job: `pytest_driver.py PROJECT TIMELINE [PYTEST_ARGS...]`.
+PROJECT is the read-only mount of the project; it is copied (by one `cp` process, so the
+audit hook reports one event, not one per file) into the writable scratch dir, where the
+suite runs and may write whatever it likes. A tiny plugin appends one JSON line per test
+to TIMELINE: its node id, outcome, and start/end on both clocks. The host uses it to tie
+each behaviour event to the test that was running. The driver records the monotonic time
+just before it imports pytest, which the host matches with the audit hook's `import
+pytest` event to align the hook's clock with this timeline.
+
+The timeline is written by code that shares a process with the suite, so it is evidence
+of the same (in-process) standing as the audit events. The process exits with pytest's
+own exit status.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+SKIP = (".git", ".hg", ".tox", ".nox", ".venv", "venv", "__pycache__", ".pytest_cache",
+        ".mypy_cache", "node_modules")
+
+
+def copy_project(source, dest):
+    os.makedirs(dest)
+    names = [n for n in os.listdir(source) if n not in SKIP]
+    if names:
+        subprocess.run(["cp", "-R", "--no-preserve=mode,ownership", "-t", dest,
+                        *[os.path.join(source, n) for n in names]], check=True)
+    subprocess.run(["chmod", "-R", "u+w", dest], check=True)
+
+
+class Timeline:
+    """pytest plugin: one line per test, flushed as it ends."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.started = {}
+        self.outcomes = {}
+
+    def write(self, record):
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.started[nodeid] = (time.time(), time.monotonic())
+
+    def pytest_runtest_logreport(self, report):
+        """The call phase's outcome; a failing setup or teardown is an error."""
+        if report.when == "call":
+            self.outcomes.setdefault(report.nodeid, report.outcome)
+        elif report.failed:
+            self.outcomes[report.nodeid] = "error"
+        elif report.skipped:
+            self.outcomes.setdefault(report.nodeid, "skipped")
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        wall, mono = self.started.pop(nodeid, (None, None))
+        self.write({"nodeid": nodeid,
+                    "outcome": self.outcomes.pop(nodeid, "passed"),
+                    "start": wall, "end": time.time(), "start_mono": mono,
+                    "end_mono": time.monotonic()})
+
+
+def main():
+    project, timeline, *args = sys.argv[1:]
+    workdir = os.path.join(os.getcwd(), "project")
+    copy_project(project, workdir)
+    os.chdir(workdir)
+    sys.path.insert(0, workdir)
+    os.makedirs(os.path.dirname(timeline), exist_ok=True)
+    with open(timeline, "a", encoding="utf-8") as handle:
+        plugin = Timeline(handle)
+        plugin.write({"calibrate": "pytest", "mono": time.monotonic(), "wall": time.time()})
+        import pytest
+
+        code = pytest.main(["-p", "no:cacheprovider", *args], plugins=[plugin])
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

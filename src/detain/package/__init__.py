@@ -1,0 +1,1 @@
+"""`detain package`: fetch on the host, then install, import and exercise in sandboxes."""

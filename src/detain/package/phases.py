@@ -1,0 +1,157 @@
+"""`detain package`: fetch on the host, pre-scan, then install / import / exercise sandboxed.
+
+Each sandboxed phase is its own run, with a fresh sandbox and its own events; what one
+phase leaves for the next crosses on the host: install's target dir comes back through
+copy-out (no symlinks followed, size-capped) and is shown read-only to import. Only the
+install phase has network, and only to the package index the user configured for pip
+(pinned to its current addresses, see index.py); import and exercise have none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..api import Sandbox
+from ..backends import choose
+from ..guest import LAUNCHER
+from ..host.interpreter import find_interpreter
+from ..job import Job
+from ..net.rules import parse_rules
+from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
+from ..result import Result
+from .fetch import fetch
+from .index import IndexConfig, pin_hosts, read_config
+from .unpack import unpack
+
+PHASE_SCRIPT = LAUNCHER.with_name("package_phase.py")
+MARKER = b"DETAIN-PHASE "
+ARTIFACT_MOUNT = "/mnt/artifact"
+SITE_MOUNT = "/mnt/site"
+TARGET = f"{SCRATCH}/site"
+Progress = Callable[[str], None]
+
+
+def phase_outcome(result: Result) -> dict[str, Any] | None:
+    """The phase script's closing summary line (in-process evidence), if it printed one."""
+    for line in reversed(result.stdout.splitlines()[-50:]):
+        if line.startswith(MARKER):
+            try:
+                value = json.loads(line[len(MARKER):])
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None) -> dict:
+    """One phase in the package report: the common report (issue 7's schema) plus outcome."""
+    from ..report.build import build_report
+
+    report = build_report(result, scan)
+    # The phase script's own housekeeping (the venv it builds, the dirs it reads) is
+    # detain's doing, not the package's; what it starts (pip) stays in the report.
+    own = [e for e in report["events"] if e.get("file") == PHASE_SCRIPT.name
+           and e["category"] in ("file-read", "file-write")]
+    report["events"] = [e for e in report["events"] if e not in own]
+    for event in report["events"]:
+        event["phase"] = name
+    stdout = MARKER.join(result.stdout.rsplit(MARKER, 1)[:1]) if MARKER in result.stdout \
+        else result.stdout
+    return {"phase": name, "status": result.status, "error": result.error,
+            "seconds": result.wall_seconds, "backend": result.backend,
+            "outcome": phase_outcome(result), "egress": result.behaviour.get("egress"),
+            "omitted_own_events": len(own),
+            "report": report,
+            "output_tail": (stdout[-2000:] + result.stderr[-3000:]).decode("utf-8",
+                                                                             "replace")}
+
+
+def _index_access(config: IndexConfig, policy: Policy) -> tuple[tuple[Mount, ...], list[str]]:
+    """Read-only mounts for local index dirs, and the pip options that point at them."""
+    mounts, options = [], []
+    local = {str(d) for d in config.local_dirs
+             if not any(str(d) == r or str(d).startswith(r.rstrip("/") + "/")
+                        for r in RESERVED if r != "/")}
+    mounts = [Mount(Path(d), d) for d in sorted(local)]
+    usable = [u for u in config.index_urls if not u.startswith("file:")
+              or any(u[len("file://"):].startswith(d) for d in local)]
+    if usable:
+        options += ["--index-url", usable[0]]
+        for url in usable[1:]:
+            options += ["--extra-index-url", url]
+    for link in config.find_links:
+        if link.startswith(("http://", "https://")) or any(
+                link.removeprefix("file://").startswith(d) for d in local):
+            options += ["--find-links", link]
+    return tuple(mounts), options
+
+
+def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path) -> dict:
+    out = work / "installed"
+    out.mkdir()
+    index_mounts, pip_options = _index_access(config, policy)
+    source = artifact if artifact.is_dir() else artifact.parent
+    inside = ARTIFACT_MOUNT if artifact.is_dir() else f"{ARTIFACT_MOUNT}/{artifact.name}"
+    allow = policy.allow_hosts or parse_rules(pin_hosts(config.hosts))
+    phase_policy = replace(policy, allow_hosts=allow,
+                           mounts=(*policy.mounts, Mount(source, ARTIFACT_MOUNT), *index_mounts),
+                           copy_out=(CopyOut(TARGET, out),))
+    job = Job.script(PHASE_SCRIPT, "install", TARGET, inside, *pip_options)
+    result = Sandbox(phase_policy).run(job)
+    report = phase_report("install", result)
+    report["site"] = out / "site"
+    return report
+
+
+def run_code(name: str, site: Path, policy: Policy, seconds: float) -> dict:
+    phase_policy = replace(policy, allow_hosts=(), copy_out=(),
+                           mounts=(*policy.mounts, Mount(site, SITE_MOUNT)))
+    job = Job.script(PHASE_SCRIPT, name, SITE_MOUNT, str(seconds))
+    return phase_report(name, Sandbox(phase_policy).run(job))
+
+
+def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 10.0,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """The whole package report for `spec`: fetch, scan, install, import (, exercise)."""
+    from ..scan import scan
+
+    say = progress or (lambda _text: None)
+    config = read_config()
+    if policy.backend == "auto":
+        # One backend for every phase, so their events compare; install needs the proxy.
+        chosen = choose("auto", policy.min_level, egress=True)
+        policy = replace(policy, backend=chosen.name)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="detain-package-") as tmp:
+        work = Path(tmp)
+        (work / "fetch").mkdir()
+        say(f"fetch {spec} (host: download only)")
+        artifact = fetch(spec, work / "fetch", config, find_interpreter(policy.python).version)
+        fetched = {"phase": "fetch", "artifact": artifact.name,
+                   "kind": "directory" if artifact.is_dir() else (
+                       "wheel" if artifact.name.endswith(".whl") else "sdist"),
+                   "sha256": None if artifact.is_dir() else
+                   hashlib.sha256(artifact.read_bytes()).hexdigest(),
+                   "seconds": round(time.monotonic() - started, 3)}
+        say(f"scan {artifact.name} (static, nothing runs)")
+        static = scan(unpack(artifact, work / "unpacked"))
+        say("install (sandboxed; network: the package index only)")
+        installed = install(artifact, policy, config, work)
+        phases = [installed]
+        site = installed.pop("site")
+        if installed["status"] == 0 and site.is_dir():
+            say("import every module (sandboxed; no network)")
+            phases.append(run_code("import", site, policy, seconds))
+            if exercise:
+                say("exercise public functions (sandboxed; no network)")
+                phases.append(run_code("exercise", site, policy, seconds))
+    return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
+            "seconds": round(time.monotonic() - started, 3),
+            "index": {"urls": config.index_urls, "hosts": config.hosts}}
