@@ -202,7 +202,7 @@ def _allow_hosts(value: Any, what: str) -> tuple[HostRule, ...]:
 
 def _backend(value: Any, what: str) -> str:
     from .backends import BACKENDS  # the registry only names modules; importing it is cheap
-    if value != "auto" and value not in BACKENDS:
+    if not isinstance(value, str) or (value != "auto" and value not in BACKENDS):
         raise PolicyError(f"{what}: unknown backend {value!r}; choose auto or one of "
                           f"{', '.join(BACKENDS)} (see `detain doctor`)")
     return value
@@ -259,13 +259,22 @@ def _env(value: Any, what: str) -> dict[str, str]:
     return dict(value)
 
 
+def _items(value: Any, what: str) -> list:
+    """A setting that takes one string or a list of them."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise PolicyError(f"{what}: expected a string or a list of strings, got {value!r}")
+
+
 def _mounts(value: Any, what: str) -> tuple[Mount, ...]:
-    items = [value] if isinstance(value, str) else list(value)
+    items = _items(value, what)
     return tuple(Mount.parse(str(item)) for item in items)
 
 
 def _copy_out(value: Any, what: str) -> tuple[CopyOut, ...]:
-    items = [value] if isinstance(value, str) else list(value)
+    items = _items(value, what)
     return tuple(CopyOut.parse(str(item)) for item in items)
 
 
@@ -287,7 +296,7 @@ def _requirements(value: Any, what: str) -> Path:
 
 
 def _packages(value: Any, what: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value)
+    items = _items(value, what)
     for item in items:
         if not isinstance(item, str) or not _REQUIREMENT.match(item.strip()):
             raise PolicyError(f"{what}: {item!r} is not a requirement such as 'name' or "

