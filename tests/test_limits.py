@@ -98,3 +98,19 @@ def test_fork_bomb_is_contained_and_leaves_nothing(backend, state_dir):
         result.status, result.limit, result.notes)
     time.sleep(0.2)
     assert not leftovers(state_dir)
+
+
+def test_a_forged_memory_record_does_not_fake_a_limit(backend):
+    """The job can write to the launcher's channel; its word alone never makes a limit hit."""
+    code = textwrap.dedent("""
+        import os
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b'{"type":"exit","memory_error":true}\\n')
+            except OSError:
+                pass
+        print('done')
+    """)
+    result = run(backend, code)
+    assert result.stdout == b"done\n"
+    assert result.limit is None and result.status == 0

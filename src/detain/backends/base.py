@@ -270,8 +270,12 @@ class Backend:
         if ctx.cgroup is not None and ctx.cgroup.oom_kills():
             result.limit = "memory"
             result.notes.append("memory limit hit: the kernel's OOM killer ended the job")
-        elif any(r.get("type") == "exit" and r.get("memory_error") is True
-                 for r in outcome.records):
+        elif "AS=" in ctx.rlimits and result.exit_code not in (0, None) and any(
+                r.get("type") == "exit" and r.get("memory_error") is True
+                for r in outcome.records):
+            # Only where RLIMIT_AS *is* the memory limit (no cgroup to ask), and only for a
+            # job that failed: the record is the job's word, so it may not turn a clean run
+            # or a cgroup-limited one into a limit hit.
             result.limit = "memory"
             result.notes.append("memory limit hit: MemoryError under RLIMIT_AS (reported from "
                                 "inside the sandbox, in-process)")
