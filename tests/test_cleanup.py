@@ -1,6 +1,7 @@
 """DESIGN rule 2: after any run (finished, timed out, killed, or detain killed) nothing is left."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -36,32 +37,38 @@ def test_timed_out_run_with_escaped_children_leaves_nothing(backend, state_dir):
     assert not leftovers(state_dir)
 
 
-def _wait_for_sandbox(state_dir, pid, deadline=20.0):
-    """Wait until the CLI's run dir exists and the job has started (its scratch has a file)."""
+def _wait_for_first_line(cli, expected=b"started\n", deadline=60.0):
+    """Wait for the job's own first stdout line, read from the CLI child's stdout pipe: the
+    job has started on every backend, even one whose scratch dir is not on this host (a VM)."""
+    cli_out = cli.stdout.fileno()
+    os.set_blocking(cli_out, False)
+    seen = b""
     end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        for run_dir in state_dir.glob(f"run-{pid}-*"):
-            if (run_dir / "scratch" / "started").exists():
-                return run_dir
-        time.sleep(0.05)
-    raise AssertionError("the sandbox never started")
+    while time.monotonic() < end and not seen.startswith(expected):
+        ready, _, _ = select.select([cli_out], [], [], 0.1)
+        chunk = os.read(cli_out, 4096) if ready else b""
+        if ready and not chunk:
+            break
+        seen += chunk
+    assert seen.startswith(expected), f"the sandbox never started (stdout: {seen!r})"
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_killing_detain_mid_run_leaves_nothing_after_next_start(backend, state_dir, how):
-    code = ("import os, time\nopen('started', 'w').close()\nif os.fork() == 0:\n    os.setsid()\n"
-            "    time.sleep(120)\ntime.sleep(120)")
+    code = ("import os, time\nprint('started', flush=True)\nif os.fork() == 0:\n"
+            "    os.setsid()\n    time.sleep(120)\ntime.sleep(120)")
     cli = subprocess.Popen([sys.executable, "-m", "detain", "run", "--backend", backend,
                             "--min-level", str(BACKENDS[backend].level), "-c", code],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_sandbox(state_dir, cli.pid)
+        _wait_for_first_line(cli)
         cli.send_signal(how)
         cli.wait(timeout=10)
     finally:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+        cli.stdout.close()
     # The next start sweeps whatever the killed detain could not remove itself.
     assert run(backend, "print('next')").stdout == b"next\n"
     time.sleep(0.3)

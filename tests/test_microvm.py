@@ -17,7 +17,7 @@ import pytest
 
 import detain
 from conftest import require, run
-from detain.errors import DetainError
+from detain.errors import ProtectionError
 from detain.microvm import channel, slots
 from detain.microvm.image import _cpio
 from detain.microvm.setup import ram_mib
@@ -105,8 +105,10 @@ def test_assurance_names_the_accelerator_and_the_guest_kernel(microvm):
 
 
 def test_what_the_vm_cannot_do_is_refused(microvm, tmp_path):
-    with pytest.raises(DetainError, match="copy files out"):
-        run(microvm, "pass", copy_out=[f"out:{tmp_path}"])
+    with pytest.raises(ProtectionError, match="--backend bwrap"):
+        run(microvm, "pass", mount=[f"{tmp_path}:/mnt/out:rw"])
+    with pytest.raises(ProtectionError, match="network"):
+        run(microvm, "pass", network=["pypi.org"])
 
 
 @pytest.mark.slow

@@ -4,8 +4,11 @@ The job runs under another kernel, so a kernel exploit inside reaches only the g
 host sees one unprivileged, seccomp-sandboxed QEMU process with no network device. Each
 run restores the same saved VM (booted once by `detain setup microvm`) and hands it the
 job after the restore, so runs start fast, always from the same pristine state, and share
-nothing. What comes back (stdout, stderr, launcher records, the guest init's status) arrives
-on separate virtio ports, each read here with a size cap as hostile input.
+nothing. The saved VM already holds the job's process, its interpreter started and waiting
+for the job (see microvm/guest_init.py), so a run pays neither a boot nor the interpreter's
+start-up. What comes back (stdout, stderr, launcher records, the guest init's status, the
+--copy-out tar) arrives on separate virtio ports, each read here with a size cap as hostile
+input. --mount trees go in read-only as a tar inside the job message (microvm/transfer.py).
 
 Memory: guest RAM is the policy's memory plus the guest's own overhead, rounded to a power
 of two (a saved VM fixes its RAM size, so few sizes keep few saved VMs); the job itself is
@@ -24,15 +27,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..errors import DetainError, ProtectionError
-from ..host import seccomp
 from ..host.supervise import Capture, Outcome
-from ..microvm import cache_root, channel, machine, slots
+from ..microvm import cache_root, channel, machine, slots, transfer
 from ..microvm import setup as vm
 from ..microvm.image import GUEST_JOB, GUEST_LAUNCHER
 from ..policy import SCRATCH
 from ..result import Result
 from . import Probe
-from .base import SANDBOX_UID, Backend, Launch, RunContext
+from .base import Backend, Launch, RunContext
 
 QEMU_OVERHEAD = 768 << 20  # QEMU itself and TCG's translated-code cache, beside guest RAM
 QEMU_THREADS = 256
@@ -59,7 +61,8 @@ class MicroVMBackend(Backend):
 
     def launch(self, ctx: RunContext) -> Launch:
         self._refuse_unsupported(ctx)
-        prepared = vm.prepare(ctx.interpreter, ctx.policy.limits.memory_bytes)
+        prepared = vm.prepare(ctx.interpreter, ctx.policy.limits.memory_bytes,
+                              ctx.policy.interpreter_flags)
         message = self._message(ctx)
         paths = dataclasses.astuple(prepared.files)  # QEMU's uid may not reach the cache
         staged = ctx.setup.prepare_stage(ctx.run.path, [Path(p) for p in paths])
@@ -74,7 +77,8 @@ class MicroVMBackend(Backend):
             os.lseek(job_fd, 0, os.SEEK_SET)
             state_fd = os.open(prepared.state, os.O_RDONLY | os.O_CLOEXEC)
             opened.append(state_fd)
-            pipes = {name: os.pipe() for name in ("stdout", "stderr", "status")}
+            ports = ("stdout", "stderr", "status", *(("copyout",) if ctx.policy.copy_out else ()))
+            pipes = {name: os.pipe() for name in ports}
             opened += [fd for pair in pipes.values() for fd in pair]
             slot = slots.acquire(cache_root() / "slots")
             assert slot is not None
@@ -86,13 +90,20 @@ class MicroVMBackend(Backend):
         outputs = {name: pair[1] for name, pair in pipes.items()}
         outputs["records"] = ctx.channel_fd
         status = ctx.extra["status"] = Capture("status", channel.STATUS_CAP)
+        side_channels = [(pipes["status"][0], status.feed)]
+        release = []
+        if "copyout" in pipes:
+            spool = ctx.extra["copy_out"] = transfer.Spool(
+                ctx.run.path, transfer.copy_out_cap(ctx.policy.limits.disk_bytes))
+            side_channels.append((pipes["copyout"][0], spool.feed))
+            release.append(spool.close)
         ctx.extra["prepared"] = prepared
         argv = machine.restore_args(files, prepared.accel, prepared.ram_mib, state_fd, job_fd,
                                     outputs)
         return Launch(argv, env={},
                       pass_fds=(job_fd, state_fd, slot, *(pair[1] for pair in pipes.values())),
                       job_output=(pipes["stdout"][0], pipes["stderr"][0]),
-                      side_channels=((pipes["status"][0], status.feed),))
+                      side_channels=tuple(side_channels), release=release)
 
     @staticmethod
     def _refuse_unsupported(ctx: RunContext) -> None:
@@ -102,15 +113,15 @@ class MicroVMBackend(Backend):
             raise ProtectionError("the micro-VM has no network device, so it cannot allow "
                                   f"network access ({policy.network}); use --network none "
                                   "or another backend")
-        if policy.mounts:
-            raise DetainError("the micro-VM backend cannot show host directories (--mount) "
-                              "yet; use --backend bwrap for mounts")
+        writable = [str(m.host) for m in policy.mounts if m.writable]
+        if writable:
+            raise ProtectionError(f"the micro-VM backend shows --mount inputs read-only only "
+                                  f"(a copy inside the VM), so it cannot make {writable[0]} "
+                                  "writable; use --backend bwrap, podman or docker for :rw "
+                                  "mounts, or --copy-out to bring results back")
         if ctx.deps:
             raise DetainError("the micro-VM backend cannot install requirements yet; use "
                               "--backend bwrap for jobs with requirements")
-        if policy.copy_out:
-            raise DetainError("the micro-VM backend cannot copy files out of the VM yet; use "
-                              "--backend bwrap for --copy-out")
 
     def _message(self, ctx: RunContext) -> bytes:
         """The job as the guest init receives it after the restore."""
@@ -119,16 +130,23 @@ class MicroVMBackend(Backend):
         if isinstance(stdin, int):
             stdin = _read_capped(stdin, lim.disk_bytes)
         script = None
-        blobs = {"seed": os.urandom(64), "stdin": stdin or b"",
-                 "seccomp": seccomp.filter_path().read_bytes(), "script": b""}
+        prefix = [ctx.interpreter.executable, *ctx.policy.interpreter_flags, GUEST_LAUNCHER]
+        command = ctx.guest_command(ctx.interpreter.executable, GUEST_LAUNCHER, GUEST_JOB,
+                                    channel=str(channel.CHANNEL_FD))
+        assert command[:len(prefix)] == prefix  # the saved VM started exactly this prefix
+        blobs = {"seed": os.urandom(64), "stdin": stdin or b"", "script": b"",
+                 "launcher": channel.launcher_message(command[len(prefix):],
+                                                      ctx.guest_env(home=SCRATCH)),
+                 "mounts": transfer.pack_mounts(ctx.policy.mounts, lim.disk_bytes)
+                 if ctx.policy.mounts else b""}
         if ctx.job.kind == "script":
             script = Path(ctx.job.target).name
             blobs["script"] = (ctx.job_dir / script).read_bytes()
-        header = {"argv": ctx.guest_command(ctx.interpreter.executable, GUEST_LAUNCHER,
-                                            GUEST_JOB),
-                  "env": ctx.guest_env(home=SCRATCH), "channel_fd": ctx.channel_fd,
-                  "uid": SANDBOX_UID, "disk": lim.disk_bytes, "memory": lim.memory_bytes,
-                  "processes": lim.processes, "time": time.time(), "script": script}
+        header = {"disk": lim.disk_bytes, "memory": lim.memory_bytes,
+                  "processes": lim.processes, "time": time.time(), "script": script,
+                  "mounts": [[m.sandbox, m.host.is_dir()] for m in ctx.policy.mounts],
+                  "copy_out": [os.path.relpath(c.sandbox, SCRATCH) for c in ctx.policy.copy_out],
+                  "copy_out_cap": transfer.copy_out_cap(lim.disk_bytes)}
         return channel.encode(header, blobs)
 
     def _fill(self, result: Result, ctx: RunContext, outcome: Outcome) -> None:
@@ -157,6 +175,27 @@ class MicroVMBackend(Backend):
             result.limit = "memory"
             result.notes.append("memory limit hit: the guest kernel's OOM killer ended the job "
                                 "(guest cgroup)")
+        spool = ctx.extra.get("copy_out")
+        if spool is not None and result.error is None:
+            self._unpack_copy_out(ctx, spool, result)
+
+    @staticmethod
+    def _unpack_copy_out(ctx: RunContext, spool: transfer.Spool, result: Result) -> None:
+        """Unpack the guest's copy-out tar into a fresh private dir made now, after QEMU has
+        ended (so nothing it did can be waiting in there), and make that the run's scratch:
+        the shared lifecycle's copy-out then copies from it as from any local scratch dir."""
+        if spool.total == 0:
+            result.notes.append("copy-out: nothing came back from the VM (the job did not "
+                                "end by itself)")
+            return
+        into = ctx.run.subdir("copy-out", 0o700)
+        unpacked = transfer.unpack(spool.file, into, ctx.policy.copy_out,
+                                   ctx.policy.limits.disk_bytes)
+        ctx.scratch = into
+        if spool.truncated:
+            result.notes.append(f"copy-out: the VM sent more than {spool.cap} bytes; the rest "
+                                "was dropped")
+        result.notes += [f"copy-out skipped {item}" for item in unpacked.skipped]
 
     def host_assurance(self, ctx: RunContext, seen: dict[str, Any]) -> dict[str, Any]:
         prepared = ctx.extra["prepared"]
@@ -174,7 +213,10 @@ class MicroVMBackend(Backend):
             "guest_ram_mib": prepared.ram_mib,
             "guest_memory_cgroup": ctx.policy.limits.memory_bytes,
             "vm_state": "restored from a saved boot; fresh copy per run, discarded after",
-            "read_only": ["/", "/usr", *ctx.interpreter.bind_dirs, GUEST_JOB],
+            "job_process": "started before the save (interpreter up, as the sandbox uid, "
+                           "no_new_privs, seccomp), given its job and limits after restore",
+            "read_only": ["/", "/usr", *ctx.interpreter.bind_dirs, GUEST_JOB,
+                          *(m.sandbox for m in ctx.policy.mounts)],
             "writable": [SCRATCH, "/tmp (guest tmpfs)", "/dev/shm (guest tmpfs)"],
         }
 

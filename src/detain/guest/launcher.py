@@ -10,7 +10,8 @@ passed in, as into a container) and, before any untrusted byte executes:
      because nothing untrusted has run yet;
   3. with `--proxy PORT:SOCKET`, forwards 127.0.0.1:PORT to the host's allow-list proxy
      and sets HTTP(S)_PROXY to it (guest/forward.py); then, with `--deps DIR`, installs
-     the job's requirements into a throw-away venv in its working (scratch) dir and appends its site-packages to sys.path (guest/deps.py);
+     the job's requirements into a throw-away venv in its working (scratch) dir and
+     appends its site-packages to sys.path (guest/deps.py);
   4. runs the target with runpy / exec, exactly as `python` would, or, with
      `--restricted`, compiled by RestrictedPython (guest/restricted.py); `--path DIR`
      (repeatable) prepends DIR to sys.path first, for what those helpers import.
@@ -19,6 +20,13 @@ does (opens, sockets, processes, code execution, imports, native calls) as `even
 Records written after step 4 starts share a process with the job and are marked
 in-process by the host, because the job could forge them. The helpers are sibling files,
 loaded by path: under -I the launcher's own dir is not on sys.path.
+
+`launcher.py --job-from FD` is the same launcher started ahead of its job (a micro-VM saved
+with the interpreter already up): it blocks reading one message from FD (4-byte big-endian
+length, then NUL-separated fields: the argument count, the arguments above from FD on, then
+the job's environment as KEY=VALUE) and continues exactly as if started with them. Whoever
+starts it early must already have dropped it to the job's uid with no_new_privs and seccomp;
+the job's own limits are applied here, after the message, as always.
 """
 
 import os
@@ -38,10 +46,17 @@ def _read(path, limit=65536):
 
 
 def apply_limits(spec):
-    """Soft = hard, except CPU: SIGXCPU at the soft limit names the cause, SIGKILL 1 s later."""
+    """Soft = hard, except CPU: SIGXCPU at the soft limit names the cause, SIGKILL 1 s later.
+
+    The CPU budget is the job's own: seconds this process already spent (the interpreter's
+    start-up, slow under an emulated CPU, or spent before a saved VM was restored) are added.
+    """
     for item in filter(None, spec.split(",")):
         name, _, value = item.partition("=")
         number = int(value)
+        if name == "CPU":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            number += -int(-(usage.ru_utime + usage.ru_stime) // 1)  # rounded up
         hard = number + 1 if name == "CPU" else number
         resource.setrlimit(getattr(resource, "RLIMIT_" + name), (number, hard))
 
@@ -107,12 +122,16 @@ class Channel:
 
 
 def sibling(name):
-    """Load guest/NAME.py, next to this file, as a module."""
-    import importlib.util
+    """Load guest/NAME.py, next to this file, as a module (its cached .pyc when fresh).
 
+    Through the import system's frozen core, already loaded at start-up: `importlib.util`
+    would import contextlib, collections and functools first, a third of our start-up.
+    """
+    bootstrap, external = sys.modules["_frozen_importlib"], sys.modules[
+        "_frozen_importlib_external"]
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-    spec = importlib.util.spec_from_file_location("detain_guest_" + name, path)
-    module = importlib.util.module_from_spec(spec)
+    spec = external.spec_from_file_location("detain_guest_" + name, path)
+    module = bootstrap.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
@@ -167,7 +186,29 @@ def print_job_traceback(exc):
     traceback.print_exception(type(exc), exc, tb)
 
 
+def read_job(fd):
+    """`--job-from FD`: the launcher's arguments and the job's environment, from one message."""
+    def read_exact(size):
+        data = b""
+        while len(data) < size:
+            chunk = os.read(fd, size - len(data))
+            if not chunk:
+                raise SystemExit("detain launcher: the job message ended early")
+            data += chunk
+        return data
+
+    fields = read_exact(int.from_bytes(read_exact(4), "big")).decode(
+        "utf-8", "surrogateescape").split("\0")
+    os.close(fd)
+    count = int(fields[0])
+    return fields[1:1 + count], dict(item.split("=", 1) for item in fields[1 + count:])
+
+
 def main():
+    if sys.argv[1:2] == ["--job-from"]:
+        sys.argv[1:], environ = read_job(int(sys.argv[2]))
+        os.environ.clear()
+        os.environ.update(environ)
     fd, rlimits, *rest = sys.argv[1:]
     options, (kind, target, *args) = parse_options(rest)
     apply_limits(rlimits)

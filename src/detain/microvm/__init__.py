@@ -2,8 +2,9 @@
 
 Everything lives under `$XDG_CACHE_HOME/detain/microvm` (default ~/.cache/detain/microvm):
 the unpacked kernel, one image per (kernel, interpreter, guest code) digest, and one saved
-VM per (image, accelerator, RAM size). Changing any input changes a digest, so stale
-artifacts are never used; `detain setup microvm` prepares and verifies all of it.
+VM per (image, accelerator, RAM size, boot message: interpreter flags and seccomp filter).
+Changing any input changes a digest, so stale artifacts are never used; `detain setup
+microvm` prepares and verifies all of it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The host side of the per-run channel: the job message in, the guest's status out.
 
 In: one message on virtio port 1, read by guest_init.receive(): a 4-byte big-endian
-length, a JSON header, then the blobs the header lists (name, length) in order.
+length, a JSON header, then the blobs the header lists (name, length) in order. The boot
+that saves a VM gets one such message too (`boot_message`): how to start the job's
+process ahead of time. Each run's message carries, as its `launcher` blob, the waiting
+launcher's own message (`launcher_message`, read by guest/launcher.py's `--job-from`).
 Out: the guest init's one-line JSON status on its root-only port. It comes from a VM that
 ran hostile code, so it is size-capped and every field is type-checked; anything odd is
 treated as no status at all.
@@ -11,16 +14,38 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import DetainError
+from .image import GUEST_LAUNCHER
+
 STATUS_CAP = 16 << 10
+# The waiting launcher's fds inside the guest: the records channel and its job pipe.
+CHANNEL_FD, JOB_FD = 3, 4
 
 
 def encode(header: dict[str, Any], blobs: dict[str, bytes]) -> bytes:
     header = {**header, "blobs": [[name, len(data)] for name, data in blobs.items()]}
     encoded = json.dumps(header).encode()
     return b"".join([struct.pack(">I", len(encoded)), encoded, *blobs.values()])
+
+
+def boot_message(python: str, flags: Sequence[str], uid: int, seccomp_filter: bytes) -> bytes:
+    argv = [python, *flags, GUEST_LAUNCHER, "--job-from", str(JOB_FD)]
+    return encode({"argv": argv, "uid": uid, "channel_fd": CHANNEL_FD, "job_fd": JOB_FD},
+                  {"seccomp": seccomp_filter})
+
+
+def launcher_message(argv: Sequence[str], env: Mapping[str, str]) -> bytes:
+    """The launcher's arguments (from its channel fd on) and the job's environment, as
+    `--job-from` reads them: length, then NUL-separated count, arguments, KEY=VALUE."""
+    fields = [str(len(argv)), *argv, *(f"{key}={value}" for key, value in env.items())]
+    if any("\0" in field for field in fields):
+        raise DetainError("the job's arguments and environment cannot contain NUL bytes")
+    data = "\0".join(fields).encode("utf-8", "surrogateescape")
+    return struct.pack(">I", len(data)) + data
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,23 @@
 """PID 1 of detain's micro-VM: prepares the guest, waits for one job, runs it, powers off.
 
 Stdlib only: it runs inside the guest under the image's interpreter, as root, and is the
-only guest code detain trusts. The VM is booted once per cache version and saved while this
-script blocks reading the job port, so everything before that read is shared by every run
-and everything after it happens in a fresh restored copy, exactly once:
+only guest code detain trusts. The VM is booted once per (image, RAM, interpreter flags)
+and saved while this script blocks reading the job port, so everything before that read is
+shared by every run and everything after it happens in a fresh restored copy, exactly once.
+Before the save it reads a boot message (the launcher's command line, uid, seccomp filter)
+and starts the job's process ahead of time: already in the job cgroup, as the unprivileged
+uid, with no_new_privs and the seccomp filter, its interpreter up and blocked reading its
+job from a pipe (`launcher.py --job-from`), so a run does not pay the interpreter's start-up
+under an emulated CPU. After the restore:
   1. fresh randomness (the saved CRNG state is the same in every copy) and the host's clock;
-  2. per-run tmpfs mounts (/scratch with the disk cap, /tmp, /dev/shm, the job dir) and a
-     cgroup holding the job's memory and process limits;
-  3. the job itself as an unprivileged uid, with no_new_privs and detain's seccomp filter,
+  2. per-run sizes for the tmpfs mounts (/scratch with the disk cap, /tmp, /dev/shm), the
+     job's script, read-only copies of the --mount inputs, the root made read-only, and
+     the job cgroup's memory and process limits;
+  3. the job message to the waiting launcher, which applies the job's rlimits and runs it,
      stdout/stderr/records going straight to their own virtio ports;
-  4. a status record on a root-only port: exit status, guest-kernel OOM kills, CPU, RSS.
+  4. once the job and everything it started have ended: the --copy-out paths as a capped
+     tar on their own port, then a status record on a root-only port (exit status,
+     guest-kernel OOM kills, CPU, RSS).
 The host treats all of it as hostile anyway; the status port is only *more* trustworthy
 than the job's own ports because the job cannot open it.
 """
@@ -21,12 +29,21 @@ import json
 import os
 import struct
 import sys
+import threading
 import time
 
 # Port numbers, agreed with detain.microvm.machine.
-PORT_JOB, PORT_STDOUT, PORT_STDERR, PORT_RECORDS, PORT_STATUS = 1, 2, 3, 4, 5
+PORT_JOB, PORT_STDOUT, PORT_STDERR, PORT_RECORDS, PORT_STATUS, PORT_COPYOUT = 1, 2, 3, 4, 5, 6
 CGROUP = "/sys/fs/cgroup/job"
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY = 2, 4, 8, 1
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MNT_DETACH = 2
+INPUTS = "/.detain-inputs"  # --mount contents, unpacked here and bound to their paths
+# tmpfs mounts made at boot (the waiting job's cwd is one) and sized per run.
+RUN_MOUNTS = (("/scratch", MS_NOSUID | MS_NODEV, "mode=0700,uid={uid},gid={uid}"),
+              ("/tmp", MS_NOSUID | MS_NODEV, "mode=1777"),
+              ("/dev/shm", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777"))
+JOB_DIR = "/detain/job"
+BOOT_ENV = {"LANG": "C.UTF-8"}  # only what interpreter start-up reads; the job's comes later
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 RNDADDENTROPY, RNDRESEEDCRNG = 0x40085203, 0x5207
 RB_POWER_OFF = 0x4321FEDC
@@ -91,6 +108,19 @@ def boot():
     warm_up()
 
 
+def mount_run_dirs(uid):
+    """The job's writable tmpfs mounts and its (still empty) job dir, made before the save so
+    the waiting job can already sit in /scratch; `prepare` sizes them for each run."""
+    for path, flags, options in RUN_MOUNTS:
+        mount("tmpfs", path, "tmpfs", flags, options.format(uid=uid))
+    mount("tmpfs", JOB_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=0755")
+
+
+def remount(path, flags, data=None):
+    check(libc.mount(b"none", path.encode(), None, MS_REMOUNT | flags,
+                     data.encode() if data else None), f"remount {path}")
+
+
 def warm_up():
     """Start the interpreter once as a job would, so its files sit in the saved page cache."""
     spec = json.load(open("/detain/warmup.json"))
@@ -125,19 +155,18 @@ def refresh(header, blobs):
 
 
 def prepare(header, blobs):
-    uid, disk = header["uid"], header["disk"]
-    flags = MS_NOSUID | MS_NODEV
-    mount("tmpfs", "/scratch", "tmpfs", flags, f"size={disk},mode=0700,uid={uid},gid={uid}")
-    mount("tmpfs", "/tmp", "tmpfs", flags, f"size={disk},mode=1777")
-    mount("tmpfs", "/dev/shm", "tmpfs", flags | MS_NOEXEC, f"size={disk},mode=1777")
-    mount("tmpfs", "/detain/job", "tmpfs", flags, "size=64m,mode=0755")
+    for path, flags, _ in RUN_MOUNTS:
+        remount(path, flags, f"size={header['disk']}")
     if header.get("script"):
-        path = os.path.join("/detain/job", os.path.basename(header["script"]))
+        path = os.path.join(JOB_DIR, os.path.basename(header["script"]))
         with open(path, "wb") as handle:
             handle.write(blobs["script"])
         os.chmod(path, 0o644)
-    check(libc.mount(b"tmpfs", b"/detain/job", None, 32 | MS_RDONLY | flags, None),
-          "remount job dir read-only")  # 32 = MS_REMOUNT
+    remount(JOB_DIR, MS_RDONLY | MS_NOSUID | MS_NODEV)
+    mount_inputs(header.get("mounts") or [], blobs.get("mounts", b""))
+    # The root is a tmpfs (binds of the image's top-level dirs) only so that mount points
+    # can be made above; read-only from here on.
+    remount("/", MS_RDONLY | MS_NOSUID | MS_NODEV)
     for name, value in (("memory.max", header["memory"]), ("memory.swap.max", 0),
                         ("pids.max", header["processes"])):
         try:
@@ -145,10 +174,30 @@ def prepare(header, blobs):
                 handle.write(str(value))
         except FileNotFoundError:
             continue  # memory.swap.max is absent without swap accounting: nothing to cap
-    stdin = os.memfd_create("stdin", 0)
-    write_all(stdin, blobs["stdin"])
-    os.lseek(stdin, 0, os.SEEK_SET)
-    return stdin
+
+
+def mount_inputs(mounts, archive):
+    """The host's --mount trees (a tar, entry N for mount N), each bound read-only, nosuid
+    and nodev at its sandbox path; the unpacked copy itself is then detached from view."""
+    if not mounts:
+        return
+    import io
+    import tarfile
+
+    mount("tmpfs", INPUTS, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
+    safe = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(INPUTS, **safe)  # noqa: S202 - the host's own archive, filtered
+    for index, (target, is_dir) in enumerate(mounts):
+        if is_dir:
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        check(libc.mount(f"{INPUTS}/{index}".encode(), target.encode(), None,
+                         MS_BIND | MS_REC, None), f"bind {target}")
+        remount(target, MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    check(libc.umount2(INPUTS.encode(), MNT_DETACH), "detach the unpacked inputs")
 
 
 def apply_seccomp(program):
@@ -159,28 +208,75 @@ def apply_seccomp(program):
                      ctypes.c_char_p(fprog), 0, 0), "seccomp")
 
 
-def child(header, blobs, fds):
-    """In the forked child: become the job. Any failure ends it before untrusted code runs."""
+def become_job(config, blobs, targets):
+    """In the forked child: become the job's process (cgroup, session, fds, uid, seccomp)
+    and exec the launcher, which waits for its job. Any failure ends it here."""
     try:
         with open(f"{CGROUP}/cgroup.procs", "w") as handle:
             handle.write(str(os.getpid()))
         os.setsid()
-        for target, fd in ((0, fds["stdin"]), (1, fds["stdout"]), (2, fds["stderr"]),
-                           (header["channel_fd"], fds["records"])):
-            if fd == target:
-                os.set_inheritable(fd, True)
-            else:
-                os.dup2(fd, target, inheritable=True)
+        # Out of the way first, so no target number overwrites a source not yet placed.
+        moved = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+                 for target, fd in targets.items()}
+        for target, fd in moved.items():
+            os.dup2(fd, target, inheritable=True)
         os.chdir("/scratch")
-        uid = header["uid"]
+        uid = config["uid"]
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
         apply_seccomp(blobs["seccomp"])
-        os.execve(header["argv"][0], header["argv"], header["env"])
+        os.execve(config["argv"][0], config["argv"], BOOT_ENV)
     except BaseException as exc:
         os.write(2, f"detain guest: could not start the job: {exc}\n".encode())
     os._exit(127)
+
+
+def prestart(config, blobs, fds):
+    """Start the job's process before the save; returns its pid and the write ends of its
+    job pipe and its stdin."""
+    job_read, job_write = os.pipe()
+    stdin_read, stdin_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        become_job(config, blobs, {0: stdin_read, 1: fds["stdout"], 2: fds["stderr"],
+                                   config["channel_fd"]: fds["records"],
+                                   config["job_fd"]: job_read})
+    os.close(job_read)
+    os.close(stdin_read)
+    return pid, job_write, stdin_write
+
+
+def wait_until_waiting(pid, deadline=30.0):
+    """Block until the early-started launcher sits in its read of the job pipe, so the save
+    holds a fully started interpreter; returns the CPU seconds (user, system) it spent
+    getting there, which the status then leaves out: they are no part of the job."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/wchan") as handle:
+                if handle.read() == "pipe_read":
+                    break
+        except OSError:
+            break  # it died: run() reports how
+        time.sleep(0.01)
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def feed_stdin(fd, data):
+    """In a thread: the job may read its stdin slowly, or never, or exit first."""
+    try:
+        write_all(fd, data)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def cgroup_value(name, key=None):
@@ -197,34 +293,94 @@ def cgroup_value(name, key=None):
     return None
 
 
-def run(header, blobs, fds):
-    pid = os.fork()
-    if pid == 0:
-        child(header, blobs, fds)
+def run(job, blobs):
+    """Hand the waiting launcher its job, wait for it, then end all it started."""
+    pid, job_write, stdin_write, started_cpu = job
+    threading.Thread(target=feed_stdin, args=(stdin_write, blobs["stdin"]), daemon=True).start()
+    try:
+        write_all(job_write, blobs["launcher"])
+    finally:
+        os.close(job_write)
     _, status, usage = os.wait4(pid, 0)
     with open(f"{CGROUP}/cgroup.kill", "w") as handle:
         handle.write("1")
+    deadline = time.monotonic() + 2
+    while cgroup_value("cgroup.events", "populated") and time.monotonic() < deadline:
+        time.sleep(0.005)  # killed, but not yet all gone
     code = os.waitstatus_to_exitcode(status)
     return {"exit": code if code >= 0 else None, "signal": -code if code < 0 else None,
-            "utime": usage.ru_utime, "stime": usage.ru_stime, "maxrss_kib": usage.ru_maxrss,
+            "utime": max(0.0, usage.ru_utime - started_cpu[0]),
+            "stime": max(0.0, usage.ru_stime - started_cpu[1]), "maxrss_kib": usage.ru_maxrss,
             "oom_kills": cgroup_value("memory.events", "oom_kill"),
             "memory_peak": cgroup_value("memory.peak"),
             "pids_refused": cgroup_value("pids.events", "max"),
             "kernel": os.uname().release}
 
 
+class CapReached(Exception):
+    pass
+
+
+class CappedPort:
+    """A write-only file over a port that refuses to send more than `cap` bytes."""
+
+    def __init__(self, fd, cap):
+        self.fd, self.left = fd, cap
+
+    def write(self, data):
+        if len(data) > self.left:
+            raise CapReached()
+        write_all(self.fd, data)
+        self.left -= len(data)
+        return len(data)
+
+
+def plain_parents(relative):
+    """True when no directory between /scratch and `relative` is a symlink (the job is
+    dead, so nothing can change that afterwards): a request never leaves /scratch."""
+    path = "/scratch"
+    for part in relative.split("/")[:-1]:
+        path = os.path.join(path, part)
+        if os.path.islink(path) or not os.path.isdir(path):
+            return False
+    return True
+
+
+def send_copy_out(paths, fd, cap):
+    """The requested paths under /scratch as one tar, links stored as links, never followed;
+    the host checks every byte again. A stream cut at the cap just ends early."""
+    if not paths:
+        return
+    import tarfile
+
+    try:
+        with tarfile.open(fileobj=CappedPort(fd, cap), mode="w|",
+                          format=tarfile.PAX_FORMAT) as tar:
+            for relative in paths:
+                path = os.path.normpath(os.path.join("/scratch", relative))
+                if plain_parents(relative) and os.path.lexists(path):
+                    tar.add(path, arcname=relative, recursive=True)
+    except (CapReached, OSError) as exc:
+        console(f"detain guest: copy-out ended early: {exc!r}")
+
+
 def main():
     boot()
     fds = {name: port(number) for name, number in (
         ("job", PORT_JOB), ("stdout", PORT_STDOUT), ("stderr", PORT_STDERR),
-        ("records", PORT_RECORDS), ("status", PORT_STATUS))}
+        ("records", PORT_RECORDS), ("status", PORT_STATUS), ("copyout", PORT_COPYOUT))}
+    config, config_blobs = receive(fds["job"])  # the boot message: the same for every run
+    mount_run_dirs(config["uid"])
+    job = prestart(config, config_blobs, fds)
+    job += (wait_until_waiting(job[0]),)
     console("detain-guest-ready")
     header, blobs = receive(fds["job"])  # the VM is saved while blocked here
     status = {}
     try:
         refresh(header, blobs)
-        fds["stdin"] = prepare(header, blobs)
-        status = run(header, blobs, fds)
+        prepare(header, blobs)
+        status = run(job, blobs)
+        send_copy_out(header.get("copy_out") or [], fds["copyout"], header["copy_out_cap"])
     except Exception as exc:
         status = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     write_all(fds["status"], (json.dumps(status) + "\n").encode())

@@ -1,10 +1,13 @@
 """The guest's two images: a tiny initramfs and a read-only squashfs root.
 
 The initramfs holds only static busybox, the kernel modules for virtio and squashfs, and a
-script that mounts the root and hands over to detain's Python init. The root is a squashfs
-on virtio-blk with the host's interpreter and its whole stdlib at their host paths (so
-`sys.executable` and the assurance's interpreter path mean the same inside and out), the
-shared libraries `ldd` lists for it and its extension modules, and detain's guest code.
+script that builds the root and hands over to detain's Python init. The root is a tmpfs
+holding read-only binds of the squashfs's top-level dirs, so the init can make mount points
+for --mount anywhere outside them before it makes the root read-only for the job. The
+image is a squashfs on virtio-blk with the host's interpreter and its whole stdlib at
+their host paths (so `sys.executable` and the assurance's interpreter path mean the same
+inside and out), the shared libraries `ldd` lists for it and its extension modules, and
+detain's guest code.
 Keeping the stdlib on a disk rather than in the initramfs keeps the saved VM state small:
 only the pages the guest actually read are in it.
 """
@@ -30,7 +33,8 @@ from ..host.interpreter import Interpreter
 from ..policy import PROFILES, SCRATCH
 from .kernel import MODULES, Kernel
 
-FORMAT = 1  # bump when the layout below changes
+FORMAT = 6  # bump when the layout below, machine.py's devices, CPU or the kernel
+# command line change (a saved VM only restores into the machine that saved it)
 GUEST_INIT = Path(__file__).with_name("guest_init.py")
 GUEST_LAUNCHER = "/detain/guest/launcher.py"
 GUEST_JOB = "/detain/job"
@@ -48,7 +52,16 @@ $B mount -t devtmpfs dev /dev
 for m in {modules}; do $B insmod /lib/modules/$m.ko || $B echo "detain: insmod $m failed"; done
 n=0
 while [ ! -b /dev/vda ] && [ $n -lt 500 ]; do $B sleep 0.01; n=$((n+1)); done
-$B mount -t squashfs -o ro /dev/vda /root || $B echo "detain: cannot mount the guest root"
+$B mkdir /lower
+$B mount -t squashfs -o ro /dev/vda /lower || $B echo "detain: cannot mount the guest image"
+$B mount -t tmpfs -o mode=0755,nosuid,nodev root /root
+for name in $($B ls -A /lower); do
+  if [ -d /lower/$name ] && [ ! -L /lower/$name ]; then
+    $B mkdir /root/$name && $B mount -o bind /lower/$name /root/$name
+  else
+    $B cp -a /lower/$name /root/$name
+  fi
+done
 $B mount --move /dev /root/dev
 exec $B switch_root /root {python} -I -S /detain/init.py
 """
@@ -164,6 +177,12 @@ def _stage_detain(interp: Interpreter, root: Path) -> None:
     guest.mkdir(parents=True)
     for path in _guest_code():
         shutil.copyfile(path, guest / path.name)
+    # Byte-compiled by the guest's own interpreter: the read-only image cannot cache them,
+    # and compiling the launcher's helpers on every run is slow under an emulated CPU.
+    done = subprocess.run([interp.executable, "-I", "-m", "compileall", "-q", str(guest)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DetainError(f"could not byte-compile the guest code: {done.stdout[-300:]}")
     shutil.copyfile(GUEST_INIT, root / "detain" / "init.py")
     warmup = [interp.executable, *PROFILES["strict"], GUEST_LAUNCHER, "3", "CORE=0", "code",
               "pass"]

@@ -4,8 +4,9 @@ A saved VM can only be restored into an identical machine, so `machine_args` is 
 source of the device list; only the host ends of the character devices (where the ports'
 bytes go) and `-incoming` differ between the boot that saves and the runs that restore.
 The machine has no network device at all, no display, no USB, no PCI: a serial console,
-one read-only virtio disk (the guest root) and one virtio-serial controller with five
-ports (see guest_init.py).
+one read-only virtio disk (the guest root) and one virtio-serial controller with six
+ports (see guest_init.py). The job port carries a boot message into the boot that saves
+and the run's job message into each restore.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from pathlib import Path
 from ..errors import DetainError
 
 QEMU = "qemu-system-x86_64"
-PORTS = ("job", "stdout", "stderr", "records", "status")  # virtio-serial port 1..5
+PORTS = ("job", "stdout", "stderr", "records", "status", "copyout")  # virtio-serial 1..6
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 READY = b"detain-guest-ready"
 BOOT_TIMEOUT = 240.0
+# Without AVX the guest's libc takes its SSE string and memory routines, which QEMU's
+# emulator runs much faster than emulated AVX2 ones.
+TCG_CPU = "max,avx=off,avx2=off"
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,10 @@ def tsc_khz() -> int | None:
 
 
 def kernel_cmdline(accel: str) -> str:
-    parts = ["console=ttyS0", "quiet", "panic=-1", "reboot=t", "random.trust_cpu=on"]
+    # init_on_free: pages freed before the save (the initramfs, the warm-up run) are zero,
+    # and a saved VM stores zero pages as a flag, so the state to restore stays small.
+    parts = ["console=ttyS0", "quiet", "panic=-1", "reboot=t", "random.trust_cpu=on",
+             "init_on_free=1"]
     khz = tsc_khz()
     if accel == "tcg" and khz:
         parts.append(f"tsc_early_khz={khz}")
@@ -94,7 +101,7 @@ def machine_args(files: Files, accel: str, ram_mib: int) -> list[str]:
     if path is None:
         raise DetainError("qemu-system-x86_64 is missing: apt install qemu-system-x86")
     accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
-        ["-accel", "tcg,tb-size=128", "-cpu", "max"]
+        ["-accel", "tcg,tb-size=128", "-cpu", TCG_CPU]
     args = [path, "-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on", *accel_args,
             "-m", f"{ram_mib}M", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
             "-no-reboot", "-sandbox", SANDBOX,
@@ -108,13 +115,21 @@ def machine_args(files: Files, accel: str, ram_mib: int) -> list[str]:
     return args
 
 
+def _job_input(fd: int) -> list[str]:
+    """Port 1 reads from `fd` (a memfd holding one message)."""
+    return ["-add-fd", f"fd={fd},set=1", "-chardev", "pipe,id=job,path=/dev/fdset/1"]
+
+
 def restore_args(files: Files, accel: str, ram_mib: int, state_fd: int, job_fd: int,
                  output_fds: dict[str, int]) -> list[str]:
-    """Restore the saved VM; the job arrives on port 1, output leaves through `output_fds`."""
+    """Restore the saved VM; the job arrives on port 1, output leaves through `output_fds`
+    (a port without an fd there, such as an unused copy-out port, goes nowhere)."""
     args = machine_args(files, accel, ram_mib)
-    args += ["-chardev", "null,id=console", "-add-fd", f"fd={job_fd},set=1",
-             "-chardev", "pipe,id=job,path=/dev/fdset/1"]
+    args += ["-chardev", "null,id=console", *_job_input(job_fd)]
     for number, name in enumerate(PORTS[1:], 2):
+        if name not in output_fds:
+            args += ["-chardev", f"null,id={name}"]
+            continue
         args += ["-add-fd", f"fd={output_fds[name]},set={number}",
                  "-chardev", f"file,id={name},path=/dev/fdset/{number},append=on"]
     return [*args, "-incoming", f"fd:{state_fd}"]
@@ -149,17 +164,24 @@ class _Qmp:
         self.sock.close()
 
 
-def boot_and_save(files: Files, accel: str, ram_mib: int, state: Path) -> float:
-    """Cold-boot the guest to its waiting point and save it to `state`; returns boot seconds."""
+def boot_and_save(files: Files, accel: str, ram_mib: int, state: Path, boot: bytes) -> float:
+    """Cold-boot the guest to its waiting point and save it to `state`; returns boot seconds.
+    `boot` is the guest init's boot message (how to start the job's process ahead)."""
+    boot_fd = os.memfd_create("detain-boot", os.MFD_CLOEXEC)
     with tempfile.TemporaryDirectory(prefix="detain-boot-") as tmp:
+        os.write(boot_fd, boot)
+        os.lseek(boot_fd, 0, os.SEEK_SET)
         monitor = os.path.join(tmp, "qmp")
         args = machine_args(files, accel, ram_mib)
         args += ["-chardev", "stdio,id=console,signal=off", "-qmp",
-                 f"unix:{monitor},server=on,wait=off"]
-        args += [a for name in PORTS for a in ("-chardev", f"null,id={name}")]
+                 f"unix:{monitor},server=on,wait=off", *_job_input(boot_fd)]
+        args += [a for name in PORTS[1:] for a in ("-chardev", f"null,id={name}")]
         started = time.monotonic()
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env={})
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env={}, pass_fds=(boot_fd,))
+        finally:
+            os.close(boot_fd)
         try:
             console = _wait_ready(proc, started + BOOT_TIMEOUT)
             booted = time.monotonic() - started

@@ -12,6 +12,7 @@ it once.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -20,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends.base import SANDBOX_UID
 from ..errors import BackendUnavailable, DetainError
+from ..host import seccomp
 from ..host.interpreter import Interpreter, find_interpreter
-from ..policy import Limits
-from . import cache_root, image, kernel, machine
+from ..policy import Limits, Policy
+from . import cache_root, channel, image, kernel, machine
 
 Progress = Callable[[str], None]
 GUEST_OVERHEAD = 128 << 20  # guest kernel, init and page cache beside the job's memory
@@ -33,13 +36,15 @@ TOOLS = (("mksquashfs", "squashfs-tools"), ("lz4", "lz4"), ("ldd", "libc-bin"))
 
 @dataclass(frozen=True)
 class Prepared:
-    """What one restore needs: the three boot files, the saved state, the machine shape."""
+    """What one restore needs: the three boot files, the saved state, the machine shape,
+    and the boot message the saved VM was started with."""
 
     kernel: kernel.Kernel
     image: image.Image
     accel: str
     ram_mib: int
     state: Path
+    boot: bytes
 
     @property
     def files(self) -> machine.Files:
@@ -84,13 +89,23 @@ def missing() -> str | None:
     return None
 
 
-def state_path(img: image.Image, accel: str, ram: int) -> Path:
-    return cache_root() / "states" / f"{img.digest}-{accel}-{ram}m.state"
+def boot_message(interp: Interpreter, flags: tuple[str, ...]) -> bytes:
+    """What the saved VM's init starts ahead of the job: this interpreter with these flags
+    running the launcher (waiting for its job), as the sandbox uid under this seccomp filter.
+    Any change to it is a different saved VM."""
+    return channel.boot_message(interp.executable, flags, SANDBOX_UID,
+                                seccomp.filter_path().read_bytes())
 
 
-def prepare(interp: Interpreter, memory_bytes: int,
+def state_path(img: image.Image, accel: str, ram: int, boot: bytes) -> Path:
+    tag = hashlib.sha256(boot).hexdigest()[:12]
+    return cache_root() / "states" / f"{img.digest}-{accel}-{ram}m-{tag}.state"
+
+
+def prepare(interp: Interpreter, memory_bytes: int, flags: tuple[str, ...],
             progress: Progress | None = None) -> Prepared:
-    """Everything a restore needs, building a stale image or saved VM first."""
+    """Everything a restore needs, building a stale image or saved VM first (a VM saved for
+    other interpreter flags or RAM is another file, booted here on first use)."""
     reason = missing()
     if reason:
         raise BackendUnavailable(reason)
@@ -99,7 +114,9 @@ def prepare(interp: Interpreter, memory_bytes: int,
     assert kern is not None
     img = image.locate(cache_root(), kern, interp)
     ram = ram_mib(memory_bytes)
-    prepared = Prepared(kern, img, config["accel"], ram, state_path(img, config["accel"], ram))
+    boot = boot_message(interp, flags)
+    prepared = Prepared(kern, img, config["accel"], ram,
+                        state_path(img, config["accel"], ram, boot), boot)
     if img.ready() and prepared.state.is_file():
         return prepared
     fd = _lock()
@@ -131,10 +148,11 @@ def _save(prepared: Prepared, progress: Progress | None) -> float:
     if progress:
         progress(f"booting the guest once ({prepared.accel}, {prepared.ram_mib} MiB) to save it")
     prepared.state.parent.mkdir(parents=True, exist_ok=True)
-    for stale in prepared.state.parent.glob(f"*-{prepared.accel}-{prepared.ram_mib}m.state"):
+    shape = prepared.state.name.split("-", 1)[1]  # same machine and boot, older image
+    for stale in prepared.state.parent.glob(f"*-{shape}"):
         stale.unlink()
     return machine.boot_and_save(prepared.files, prepared.accel, prepared.ram_mib,
-                                 prepared.state)
+                                 prepared.state, prepared.boot)
 
 
 def _check_tools() -> None:
@@ -161,16 +179,17 @@ def _fetch_kernel(say: Progress) -> kernel.Kernel:
     return kernel.fetch(root, package)
 
 
-def _choose_accel(kern: kernel.Kernel, img: image.Image, say: Progress) -> tuple[str, float]:
+def _choose_accel(kern: kernel.Kernel, img: image.Image, boot: bytes,
+                  say: Progress) -> tuple[str, float]:
     """KVM when the CPU really has it and a test boot succeeds there; TCG otherwise."""
     ram = ram_mib(Limits().memory_bytes)
     if machine.hardware_virtualisation():
-        prepared = Prepared(kern, img, "kvm", ram, state_path(img, "kvm", ram))
+        prepared = Prepared(kern, img, "kvm", ram, state_path(img, "kvm", ram, boot), boot)
         try:
             return "kvm", _save(prepared, say)
         except DetainError as exc:
             say(f"KVM test boot failed ({str(exc)[:200]}); using TCG")
-    prepared = Prepared(kern, img, "tcg", ram, state_path(img, "tcg", ram))
+    prepared = Prepared(kern, img, "tcg", ram, state_path(img, "tcg", ram, boot), boot)
     if prepared.state.is_file():
         return "tcg", 0.0
     return "tcg", _save(prepared, say)
@@ -187,11 +206,13 @@ def setup(progress: Progress | None = None, python: str | None = None) -> dict:
         interp = find_interpreter(python)
         img = image.build(image.locate(cache_root(), kern, interp), kern, interp, say)
         config = _config()
+        boot = boot_message(interp, Policy().interpreter_flags)
         if config.get("kernel") == kern.path.name and config.get("accel") in ("tcg", "kvm") \
-                and state_path(img, config["accel"], ram_mib(Limits().memory_bytes)).is_file():
+                and state_path(img, config["accel"], ram_mib(Limits().memory_bytes),
+                               boot).is_file():
             accel, booted = config["accel"], 0.0
         else:
-            accel, booted = _choose_accel(kern, img, say)
+            accel, booted = _choose_accel(kern, img, boot, say)
         tmp = cache_root() / "current.json.tmp"
         tmp.write_text(json.dumps({"kernel": kern.path.name, "accel": accel}))
         os.replace(tmp, cache_root() / "current.json")
