@@ -10,16 +10,14 @@ scratch dir. Running as root, bwrap is started as the run's fresh unprivileged u
 from __future__ import annotations
 
 import functools
-import json
 import os
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from ..errors import BackendUnavailable
 from ..guest import LAUNCHER
 from ..host import seccomp
+from ..host.tools import tool_version
 from ..net.session import GUEST_NET_DIR
 from ..policy import SCRATCH
 from . import Probe
@@ -38,34 +36,8 @@ GROUP = f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"
 
 
 def _version(path: str) -> tuple[int, ...]:
-    """`bwrap --version`, cached on disk by the binary's identity: probes run on every start."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return ()
-    key = f"{path}:{info.st_size}:{info.st_mtime_ns}"
-    cache = seccomp.cache_dir() / "bwrap-versions.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known.get(key), list):
-        return tuple(known[key])
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, env={},
-                             timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-    version = tuple(int(p) for p in match.groups()) if match else ()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**known, key: list(version)}))
-        os.replace(tmp, cache)
-    except OSError:
-        pass
-    return version
+    found = tool_version(path, r"(\d+\.\d+\.\d+)")
+    return tuple(int(p) for p in found.split(".")) if found else ()
 
 
 @functools.lru_cache(maxsize=1)

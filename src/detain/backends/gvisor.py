@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 from ..errors import BackendUnavailable
 from ..host import containers, seccomp_oci
 from ..host.rootfs import Bind
+from ..host.tools import tool_version
 from ..policy import SCRATCH
 from ..result import Result
 from . import Probe
@@ -41,13 +41,8 @@ TRACE_MARK = "strace.go"
 
 def _release(path: str) -> tuple[int, ...]:
     """A runsc's release date as a sortable tuple (`release-20240807.0`, `0.0~20221219.0`)."""
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, env={},
-                             timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    match = re.search(r"(\d{8})\.(\d+)", out)
-    return (int(match.group(1)), int(match.group(2))) if match else ()
+    found = tool_version(path, r"(\d{8}\.\d+)")
+    return tuple(int(p) for p in found.split(".")) if found else ()
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from ..errors import BackendUnavailable
 from ..host import cgroups
+from ..host.tools import tool_version
 from . import Probe
 from .base import RunContext
 from .engine import EngineBackend, engine_env
@@ -29,13 +28,7 @@ RUNTIME_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin", "/
 
 @functools.lru_cache(maxsize=1)
 def _version(podman: str) -> str | None:
-    try:
-        out = subprocess.run([podman, "--version"], capture_output=True, text=True,
-                             env=engine_env(), timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"(\d+\.\d+\.\d+)", out)
-    return match.group(1) if match else None
+    return tool_version(podman, r"(\d+\.\d+\.\d+)", env=engine_env())
 
 
 def hybrid_cgroups() -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..backends.bwrap import ETC_FILES, GROUP, GUEST_DIR, GUEST_JOB, PASSWD, ROOT_LINKS
 from ..guest import LAUNCHER
 from ..policy import SCRATCH
-from .seccomp import cache_dir
+from .tools import cache_dir
 
 LAYOUT = 1
 GUEST_CHANNEL = "/detain/channel"

@@ -21,6 +21,7 @@ import platform
 from pathlib import Path
 
 from ..errors import ProtectionError
+from .tools import cache_dir
 
 CLONE_NEWUSER = 0x10000000
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
@@ -60,11 +61,6 @@ def _rules_digest(host_namespaces: bool, tcp: bool) -> str:
     text = repr((DENIED, CLONE_NEWUSER, TIOCSTI, TIOCLINUX, platform.machine(),
                  host_namespaces and (DENIED_HOST_NAMESPACES, AF_INET6, tcp)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "detain"
 
 
 def filter_path(host_namespaces: bool = False, tcp: bool = True) -> Path:

@@ -13,7 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from .seccomp import CLONE_NEWUSER, DENIED, TIOCLINUX, TIOCSTI, cache_dir
+from .seccomp import CLONE_NEWUSER, DENIED, TIOCLINUX, TIOCSTI
+from .tools import cache_dir
 
 
 def profile() -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DetainError
+from ..host.tools import tool_version
 
 QEMU = "qemu-system-x86_64"
 PORTS = ("job", "stdout", "stderr", "records", "status", "copyout")  # virtio-serial 1..6
@@ -52,15 +52,7 @@ def qemu() -> str | None:
 @functools.lru_cache(maxsize=1)
 def qemu_version() -> str:
     path = qemu()
-    if path is None:
-        return ""
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, env={},
-                             timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    match = re.search(r"version (\S+)", out)
-    return match.group(1) if match else ""
+    return (tool_version(path, r"version (\S+)") or "") if path else ""
 
 
 def hardware_virtualisation() -> bool:

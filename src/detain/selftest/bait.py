@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..host import rundir, seccomp
+from ..host import rundir, tools
 
 MEMORY_MARKER = "detain-selftest-secret:"
 GRACE = 0.15  # lets a datagram or connection sent just before exit reach its queue
@@ -35,7 +35,7 @@ class Session:
         self.env_token = secrets.token_hex(12)
         self.python_token = secrets.token_hex(12)
         # Not under /tmp: bait dirs are also mounted into sandboxes, where /tmp is detain's.
-        base = rundir.base_dir() if os.geteuid() == 0 else seccomp.cache_dir()
+        base = rundir.base_dir() if os.geteuid() == 0 else tools.cache_dir()
         base.mkdir(parents=True, exist_ok=True)
         self.root = base / f"selftest-{os.getpid()}-{secrets.token_hex(4)}"
         self.root.mkdir(mode=0o755)
