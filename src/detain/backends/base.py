@@ -37,6 +37,9 @@ DIAGNOSTICS_CAP = 64 << 10
 class Launch:
     """How to start the sandbox; `pass_fds` are handed to it and closed here once it runs.
 
+    Without a `cwd`, the sandbox machinery starts in the run dir: engines drop files in
+    their working directory (conmon writes `oom` there), never in the caller's.
+
     `release` frees host-side resources the launch holds for the child's setup step (a
     Landlock ruleset's fd, close-on-exec so never inherited), called after the run.
     """
@@ -178,7 +181,8 @@ class Backend:
                                                                            DIAGNOSTICS_CAP)
                     extra += [(launch.job_output[0], out.feed), (launch.job_output[1], err.feed)]
                 outcome = supervise(
-                    launch.argv, env=launch.env, cwd=launch.cwd, timeout=policy.limits.wall_seconds,
+                    launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),
+                    timeout=policy.limits.wall_seconds,
                     stdout=own_out, stderr=own_err,
                     stdin=job.stdin, preexec=ctx.setup if ctx.setup.needed() else None,
                     pass_fds=tuple(child_only),
