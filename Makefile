@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint soak bench system-deps setup-backends clean
+.PHONY: run test test-all lint soak bench system-deps setup-backends clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ setup-backends: $(VENV)/.installed
 ## make test: system packages (as root), test dependencies, lint, the whole suite
 test: system-deps $(VENV)/.installed-test lint setup-backends
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make test-all: also the cases the default run leaves out on slow (emulated) backends
+test-all: system-deps $(VENV)/.installed-test lint setup-backends
+	DETAIN_TEST_EVERY_CASE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make soak: the long reliability runs (2,000 runs, concurrency, faults)
 soak: system-deps $(VENV)/.installed-test

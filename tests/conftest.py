@@ -22,6 +22,41 @@ CONTRACT_BACKENDS = [n for n, e in BACKENDS.items()
                      if e.system == "Linux" and n not in ("venv", "restricted")]
 CONTAINING_BACKENDS = [n for n in CONTRACT_BACKENDS if BACKENDS[n].level >= 2]
 
+# Under TCG a micro-VM run costs about a second, a new interpreter profile a cold boot: in
+# the default run it takes the tests that matter for it (containment, limits, cleanup,
+# files, events of the suspicious fixture, the battery) and leaves out those that only
+# exercise the shared launcher again. `make test-all` (DETAIN_TEST_EVERY_CASE=1) runs all.
+SLOW_BACKEND_SKIPS = {
+    "microvm": (
+        "test_basics.py::test_arguments_reach_sys_argv", "test_basics.py::test_module",
+        "test_basics.py::test_no_stdin_reads_eof", "test_basics.py::test_script_with_arguments",
+        "test_basics.py::test_unicode_and_invalid_utf8_output",
+        "test_isolated_mode.py::test_module_", "test_isolated_mode.py::test_profiles_",
+        "test_isolated_mode.py::test_strict_profile_", "test_isolated_mode.py::test_user_site_",
+        "test_events.py::test_flood_", "test_events.py::test_forged_",
+        "test_events.py::test_launcher_frames_", "test_events.py::test_missing_summary_",
+        "test_events.py::test_raw_channel_flood_",
+        "test_report.py::test_cli_report_", "test_report.py::test_sarif_",
+        "test_report.py::test_limit_kills_", "test_cli.py::test_another_interpreter_",
+        "test_cleanup.py::test_killing_detain_mid_run_leaves_nothing_after_next_start[microvm-15]",
+    ),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("DETAIN_TEST_EVERY_CASE"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        skips = SLOW_BACKEND_SKIPS.get(backend, ())
+        name = item.nodeid.split("/")[-1]
+        (dropped if any(name.startswith(s) for s in skips) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 ROOT = os.geteuid() == 0
 # A private dockerd for the session, when root and docker.io is installed (else docker skips).
 pytest_plugins = ["conftest_containers"]

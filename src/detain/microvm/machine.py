@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DetainError
+from ..host import privileges
 from ..host.tools import tool_version
 
 QEMU = "qemu-system-x86_64"
@@ -169,9 +170,12 @@ def boot_and_save(files: Files, accel: str, ram_mib: int, state: Path, boot: byt
                  f"unix:{monitor},server=on,wait=off", *_job_input(boot_fd)]
         args += [a for name in PORTS[1:] for a in ("-chardev", f"null,id={name}")]
         started = time.monotonic()
+        privileges.load_libc()
         try:
+            # Dies with detain (parent-death signal): a killed setup leaves no QEMU behind.
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env={}, pass_fds=(boot_fd,))
+                                    stderr=subprocess.STDOUT, env={}, pass_fds=(boot_fd,),
+                                    preexec_fn=privileges.ChildSetup())
         finally:
             os.close(boot_fd)
         try:
