@@ -36,16 +36,21 @@ class ProcessBackend(Backend):
         setup = ctx.setup
         setup.no_new_privs = True
         interp = ctx.interpreter
+        self.plan_hiding(ctx)
         staged = setup.prepare_stage(ctx.run.path,
                                      [Path(d) for d in interp.bind_dirs] + [LAUNCHER.parent])
-        if ctx.uid is not None and self.hide_world_writable:
-            run_path = str(ctx.run.path)
-            setup.hide = [d for d in WORLD_WRITABLE
-                          if os.path.isdir(d) and not run_path.startswith(d + "/")]
         python = setup.remap(interp.executable, staged)
         launcher = setup.remap(str(LAUNCHER), staged)
         return Launch(ctx.guest_command(python, launcher, str(ctx.job_dir)),
                       env=ctx.guest_env(home=str(ctx.scratch)), cwd=str(ctx.scratch))
+
+    def plan_hiding(self, ctx: RunContext) -> None:
+        """Decide which world-writable dirs to cover before anything is staged: a source
+        under one of them (detain installed under /tmp) must be staged to stay visible."""
+        if ctx.uid is not None and self.hide_world_writable:
+            run_path = str(ctx.run.path)
+            ctx.setup.hide = [d for d in WORLD_WRITABLE
+                              if os.path.isdir(d) and not run_path.startswith(d + "/")]
 
     def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
         return {"hidden_dirs": list(ctx.setup.hide),

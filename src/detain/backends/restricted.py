@@ -54,6 +54,7 @@ class RestrictedBackend(ProcessBackend):
         found = package_dir()
         if found is None:
             raise DetainError(self.probe().reason)
+        self.plan_hiding(ctx)
         staged = ctx.setup.prepare_stage(ctx.run.path, [found])
         lib = ctx.run.subdir("guestlib", 0o755)
         (lib / found.name).symlink_to(ctx.setup.remap(str(found), staged))

@@ -124,11 +124,13 @@ class ChildSetup:
                     or self.no_new_privs or self.confine)
 
     def prepare_stage(self, rundir: Path, sources: list[Path]) -> dict[Path, Path]:
-        """Plan staging for sources the sandbox uid cannot reach; returns host→staged path."""
+        """Plan staging for sources the sandbox uid cannot reach, or that lie under a dir
+        `hide` will cover (detain itself installed under /tmp); returns host→staged path."""
         staged = {}
         if self.uid is None:
             return staged
-        for source in (s for s in sources if not reachable_by_others(s)):
+        for source in (s for s in sources if not reachable_by_others(s) or any(
+                str(s) == d or str(s).startswith(d + "/") for d in self.hide)):
             target = rundir / f"stage-{len(self.stage)}"
             if source.is_dir():
                 target.mkdir(mode=0o755)
