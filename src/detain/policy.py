@@ -13,11 +13,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PolicyError
-from .net.rules import HostRule, parse_rules
 from .units import format_size, parse_seconds, parse_size
+
+if TYPE_CHECKING:
+    from .net.rules import HostRule
 
 PROFILES = {
     # The seeds' recommendation: isolated mode, no site, dev-mode checks, warnings fatal.
@@ -194,6 +196,8 @@ def _network(value: Any, what: str) -> tuple[HostRule, ...]:
 
 
 def _allow_hosts(value: Any, what: str) -> tuple[HostRule, ...]:
+    from .net.rules import parse_rules  # its patterns compile only when a policy has rules
+
     try:
         return parse_rules(value)
     except PolicyError as exc:

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DetainError
 from ..host import cgroups, deps, privileges, rundir
@@ -22,10 +22,12 @@ from ..host.copyout import copy_out
 from ..host.interpreter import Interpreter, find_interpreter
 from ..host.supervise import Capture, Outcome, supervise
 from ..job import Job
-from ..net import session as egress
 from ..policy import Policy
 from ..report.events import collect as collect_events
 from ..result import Result
+
+if TYPE_CHECKING:
+    from ..net.session import EgressSession
 from . import BACKENDS, Probe
 
 GUEST_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -80,7 +82,7 @@ class RunContext:
     setup: privileges.ChildSetup
     deps: bool = False
     launcher_options: list[str] = field(default_factory=list)
-    network: egress.EgressSession | None = None  # set when the policy has an allow-list
+    network: EgressSession | None = None  # set when the policy has an allow-list
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -169,7 +171,10 @@ class Backend:
             launch = network = None
             try:
                 ctx = self._prepare(job, policy, run, write_fd)
-                network = ctx.network = egress.start(self, ctx)
+                if policy.allow_hosts:  # the proxy's code loads only for runs that use it
+                    from ..net import session as egress
+
+                    network = ctx.network = egress.start(self, ctx)
                 launch = self.launch(ctx)
                 child_only += launch.pass_fds
                 host_only += launch.read_fds()
