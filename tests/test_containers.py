@@ -190,43 +190,10 @@ def test_200_runs_leave_no_container_bundle_or_cgroup(container_backend, state_d
 
 
 @pytest.mark.skipif(not ROOT, reason="creating a user needs root")
-def test_rootless_podman_passes_the_generic_tests_as_an_ordinary_user(tmp_path):
+def test_rootless_podman_passes_the_generic_tests_as_an_ordinary_user():
     """The containment and limit tests, -k podman, under `runuser` as a user with subids."""
     require("podman")
-    from test_unprivileged import USER, _reachable_python
+    from as_user import run_tests_as_user
 
-    python = _reachable_python()
-    if python is None or not shutil.which("useradd") or not shutil.which("usermod"):
-        pytest.skip("no interpreter outside /root, or no useradd/usermod, for the user")
-    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", USER], check=True)
-    if f"\n{USER}:" not in "\n" + Path("/etc/subuid").read_text():
-        subprocess.run(["usermod", "--add-subuids", "300000-365535", "--add-subgids",
-                        "300000-365535", USER], check=True)
-    home = Path(subprocess.run(["mktemp", "-d", "/tmp/detain-rootless-XXXXXX"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    try:
-        os.chmod(home, 0o755)
-        shutil.chown(home, USER, USER)
-        import sysconfig
-
-        paths = [str(REPO / "src"), sysconfig.get_paths()["purelib"]]
-        env = {"HOME": str(home), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
-               "PYTHONPATH": os.pathsep.join(paths), "XDG_CACHE_HOME": str(home / ".cache"),
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        done = subprocess.run(
-            ["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-             python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "podman", "-x",
-             "--basetemp", str(home / "pytest"), "tests/test_containment.py",
-             "tests/test_limits.py"],
-            cwd=REPO, capture_output=True, text=True, timeout=900)
-        summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-        assert " passed" in summary, summary
-    finally:
-        subprocess.run([shutil.which("runuser") or "/usr/sbin/runuser", "-u", USER, "--",
-                        "podman", "system", "reset", "--force"],
-                       cwd="/", capture_output=True, env={"HOME": str(home),
-                                                          "PATH": "/usr/bin:/bin"})
-        shutil.rmtree(home, ignore_errors=True)
+    run_tests_as_user("podman", ["tests/test_containment.py", "tests/test_limits.py"],
+                      subids=True)

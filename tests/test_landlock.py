@@ -7,12 +7,7 @@ refused by Landlock, and the confinement must land on the child only.
 """
 
 import os
-import shutil
 import socket
-import subprocess
-import sysconfig
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -173,34 +168,7 @@ def test_probe_refuses_unprivileged_runs_without_signal_scoping(monkeypatch):
 @pytest.mark.skipif(not ROOT, reason="creating a user needs root")
 def test_landlock_containment_as_unprivileged_user():
     """The generic contract again, with detain itself running as an ordinary user."""
-    from test_unprivileged import USER, _reachable_python
+    from as_user import run_tests_as_user
 
-    python = _reachable_python()
-    if python is None:
-        pytest.skip("no interpreter of this version outside /root for an unprivileged user")
-    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", USER], check=True)
-    home = Path(tempfile.mkdtemp(prefix="detain-landlock-home-"))
-    try:
-        os.chmod(home, 0o755)
-        shutil.chown(home, USER, USER)
-        _run_contract_as(USER, python, home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _run_contract_as(user: str, python: str, home: Path) -> None:
-    paths = [str(REPO / "src"), sysconfig.get_paths()["purelib"]]
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-           "PYTHONPATH": os.pathsep.join(paths), "XDG_CACHE_HOME": str(home / ".cache"),
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        ["runuser", "-u", user, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "landlock", "-x",
-         "--basetemp", str(home / "pytest"), "tests/test_containment.py",
-         "tests/test_limits.py", "tests/test_basics.py"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in summary and "skipped" not in summary, summary
+    run_tests_as_user("landlock", ["tests/test_containment.py", "tests/test_limits.py",
+                                   "tests/test_basics.py"], timeout=600)
