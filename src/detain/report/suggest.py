@@ -1,8 +1,9 @@
 """`--suggest-policy`: the tightest policy (TOML) under which this run would still pass.
 
 Limits are what the run used with headroom (doubled, rounded up), never above what it was
-given; capabilities it did not use are turned off. Behaviour detain cannot allow yet (a
-network allow-list) is listed as a comment, so the user sees what the code wanted.
+given; capabilities it did not use are turned off. The network allow-list keeps exactly
+the host:port pairs the proxy let through; hosts the code tried without an allow-list
+are listed as a comment, so the user decides whether it should have them.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ def suggest_policy(report: dict[str, Any]) -> str:
         f"re-run with --policy to check it still passes.",
         f"min_level = {max(policy.get('min_level', 2), 2)}",
         'profile = "strict"',
-        'network = "none"',
     ]
-    if hosts:
-        lines.append("# the code tried to reach: " + ", ".join(hosts)[:400])
-        lines.append("# (an allow-list needs detain's egress proxy; keep none until then)")
+    used = sorted({f"{e['detail']['host']}:{e['detail']['port']}" for e in events
+                   if e["event"] == "proxy.connect" and e["detail"].get("allowed")})
+    if used:
+        lines.append("network = { allow = [" + ", ".join(f'"{h}"' for h in used)
+                     + "] }  # what the proxy let through")
+    else:
+        lines.append('network = "none"')
+        if hosts:
+            lines.append("# the code tried to reach: " + ", ".join(hosts)[:400])
+            lines.append("# add network = { allow = [\"host:port\"] } if it should")
     lines += [
         f"timeout = {_seconds(timings['wall_seconds'], limits['timeout'])}",
         f"cpu = {_seconds(timings['cpu_seconds'], limits['cpu'])}",
