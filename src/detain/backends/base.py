@@ -122,7 +122,7 @@ class Backend:
     extra_pids = 0  # processes the sandbox machinery itself needs inside the pids limit
     always_venv = False  # True: a (possibly empty) venv is built even without requirements
     # True: the sandbox has a network namespace of its own, and `launch` shows
-    # ctx.network.host_dir at net.session.GUEST_NET_DIR, so an allow-list can be enforced.
+    # ctx.network.host_dir at net.GUEST_NET_DIR, so an allow-list can be enforced.
     own_network_namespace = False
 
     @property

@@ -18,7 +18,7 @@ from ..errors import BackendUnavailable
 from ..guest import LAUNCHER
 from ..host import seccomp
 from ..host.tools import tool_version
-from ..net.session import GUEST_NET_DIR
+from ..net import GUEST_NET_DIR
 from ..policy import SCRATCH
 from . import Probe
 from .base import SANDBOX_UID, Backend, Launch, RunContext

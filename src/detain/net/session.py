@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ProtectionError
+from . import GUEST_NET_DIR
 from .proxy import Proxy
 from .rules import HostRule, Resolver, system_resolver
 
-GUEST_NET_DIR = "/detain/net"
 SOCKET_NAME = "proxy.sock"
 PROXY_PORT = 3128
 # The host-side resolver every proxy uses; tests replace it to simulate DNS answers.
