@@ -53,7 +53,9 @@ def execute(args: argparse.Namespace) -> int:
         table.add_column(column)
     for row in data["backends"]:
         status = "[green]yes[/]" if row["available"] else "[red]no[/]"
-        text = row["mechanism"] if row["available"] else row["reason"]
+        facts = ", ".join(f"{k} {v}" for k, v in row["details"].items() if k != "path")
+        text = (row["mechanism"] + (f" ({facts})" if facts else "")) if row["available"] \
+            else row["reason"]
         table.add_row(row["backend"], str(row["level"]), status, row["version"] or "", text)
     console = Console()
     console.print(table)
