@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import backends
 from .errors import DetainError
 from .job import Job
 from .policy import Policy
 from .result import Result
+
+if TYPE_CHECKING:
+    from .backends.base import Started
 
 Sink = Callable[[bytes], None]
 
@@ -21,18 +26,165 @@ class Sandbox:
     >>> box = Sandbox(Policy().merge({"timeout": 5}, "example"))
     >>> box.run(Job.code("print('hi')")).stdout
     b'hi\\n'
+
+    With `warm=N` the sandbox keeps N spares started ahead, confined and with the
+    interpreter up, each waiting for one job: a run takes one and a background thread
+    starts its replacement, so a run costs little more than its job. A spare is never
+    used twice, and nothing of one run reaches another. Every process of a run is dead
+    when `run` returns; its directory, mounts and cgroup dirs are removed on that thread
+    just after. Close the Sandbox (or use it as a context manager) to remove the spares
+    and wait for those removals; a detain killed meanwhile leaves them to the next start's
+    sweep, like any other run.
     """
 
-    def __init__(self, policy: Policy | None = None, *, backend: str | None = None) -> None:
+    def __init__(self, policy: Policy | None = None, *, backend: str | None = None,
+                 warm: int = 0) -> None:
         self.policy = policy or Policy()
         if backend is not None:
             self.policy = self.policy.merge({"backend": backend}, "Sandbox(backend=...)")
         self.backend = backends.choose(self.policy.backend, self.policy.min_level,
                                        egress=bool(self.policy.allow_hosts))
+        if warm and not self.backend.warm:
+            raise DetainError(f"the {self.backend.name} backend cannot start a sandbox "
+                              "before its job, so it keeps no warm spares; use warm=0, or "
+                              "a backend such as bwrap, landlock or process")
+        self.warm = max(0, int(warm))
+        self._spares: list[Started] = []
+        self._state = threading.Condition()
+        self._closed = False
+        self._pending = 0  # spares being started on the spawner thread
+        self._removing = 0  # finished runs whose remains are being removed there
+        self.cleanup_error: BaseException | None = None
+        self.warm_error: BaseException | None = None  # why the last spare failed to start
 
-    def run(self, job: Job, *, stdout: Sink | None = None, stderr: Sink | None = None) -> Result:
-        """Run one job; `stdout`/`stderr` receive output live (already capped)."""
-        return self.backend.run(job, self.policy, stdout=stdout, stderr=stderr)
+    def run(self, job: Job, *, stdout: Sink | None = None, stderr: Sink | None = None,
+            cancel: int | None = None) -> Result:
+        """Run one job; `stdout`/`stderr` receive output live (already capped). `cancel`
+        is an fd whose readiness ends the run early (a client that went away)."""
+        if self._closed:
+            raise DetainError("this Sandbox was closed; create a new one")
+        started = self._take_spare()
+        if started is None:
+            started = self.backend.start(self.policy, None if self.backend.warm else job)
+        try:
+            return self.backend.finish(started, job, stdout=stdout, stderr=stderr,
+                                       cancel=cancel, defer=self._defer if self.warm else None)
+        finally:
+            self._keep_warm()  # after the run: a spare starting beside it would slow it
+
+    def wait_warm(self, timeout: float = 30.0) -> bool:
+        """Block until every spare is ready and the last runs' remains are removed (True),
+        or starting a spare failed, or `timeout` passed."""
+        self._keep_warm()
+        with self._state:
+            self._state.wait_for(
+                lambda: self._closed or (not self._removing and (
+                    len(self._spares) >= self.warm
+                    or (self.warm_error is not None and not self._pending))), timeout)
+            return len(self._spares) >= self.warm and not self._removing and not self._closed
+
+    def close(self) -> None:
+        """Remove the spares and the last runs' remains, and stop starting new spares.
+
+        Raises DetainError when removing some remains failed (the next start's sweep
+        retries them)."""
+        with self._state:
+            self._closed = True
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            self.backend.discard(spare)
+        with self._state:  # a spare being started now is discarded when it is ready
+            self._state.wait_for(lambda: not self._pending and not self._removing)
+            error, self.cleanup_error = self.cleanup_error, None
+        if error is not None:
+            raise DetainError(str(error))
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take_spare(self) -> Started | None:
+        """A ready spare; one still starting is waited for, as it is ready sooner than a
+        sandbox started now would be."""
+        if not self.warm:
+            return None
+        self._keep_warm()
+        with self._state:
+            self._state.wait_for(lambda: self._spares or not self._pending, SPARE_WAIT)
+            return self._spares.pop(0) if self._spares else None
+
+    def _keep_warm(self) -> None:
+        with self._state:
+            if self._closed:
+                return
+            wanted = self.warm - len(self._spares) - self._pending
+            self._pending += max(0, wanted)
+        for _ in range(wanted):
+            _worker("spawner").put(self._start_spare)
+
+    def _defer(self, remove: Callable[[], None]) -> None:
+        """Remove a finished run's remains on the spawner thread, after its result."""
+        def task() -> None:
+            try:
+                remove()
+            except Exception as exc:  # kept for close(); the sweep retries what is left
+                with self._state:
+                    self.cleanup_error = exc
+            finally:
+                with self._state:
+                    self._removing -= 1
+                    self._state.notify_all()
+
+        with self._state:
+            self._removing += 1
+        _worker("remover").put(task)
+
+    def _start_spare(self) -> None:
+        try:
+            spare = self.backend.start(self.policy)
+        except BaseException as exc:  # a run started cold reports it in full
+            with self._state:
+                self.warm_error = exc
+                self._pending -= 1
+                self._state.notify_all()
+            return
+        with self._state:
+            self._pending -= 1
+            self._state.notify_all()
+            if not self._closed:
+                self.warm_error = None
+                self._spares.append(spare)
+                return
+        self.backend.discard(spare)
+
+
+SPARE_WAIT = 30.0  # seconds a run waits for a spare being started before starting its own
+_WORKERS: dict[str, queue.SimpleQueue] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def _worker(name: str) -> queue.SimpleQueue:
+    """A thread alive as long as the process, running the tasks put on its queue.
+
+    Every spare is started by the "spawner": a sandbox gets its parent-death signal when
+    the *thread* that started it ends (bwrap's --die-with-parent, detain's own
+    PR_SET_PDEATHSIG), so it must be a thread that outlives its spares; one thread also
+    keeps spare start-ups from competing. The "remover" clears finished runs' remains
+    beside it, so neither waits for the other.
+    """
+    with _WORKERS_LOCK:
+        if name not in _WORKERS:
+            tasks: queue.SimpleQueue = queue.SimpleQueue()
+
+            def serve() -> None:
+                while True:
+                    tasks.get()()
+
+            threading.Thread(target=serve, name=f"detain-{name}", daemon=True).start()
+            _WORKERS[name] = tasks
+        return _WORKERS[name]
 
 
 def run(script: str | os.PathLike | None = None, *args: str, code: str | None = None,

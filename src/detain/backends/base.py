@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,10 @@ from ..errors import DetainError
 from ..host import cgroups, deps, privileges, rundir
 from ..host.copyout import copy_out
 from ..host.interpreter import Interpreter, find_interpreter
-from ..host.supervise import Capture, Outcome, supervise
+from ..host.jobmessage import launcher_message
+from ..host.supervise import Capture, Outcome, await_ready, discard, spawn, supervise
 from ..job import Job
-from ..policy import Policy
+from ..policy import SCRATCH, Policy
 from ..report.events import collect as collect_events
 from ..result import Result
 
@@ -68,9 +70,13 @@ class Launch:
 
 @dataclass
 class RunContext:
-    """Everything prepared on the host for one run, handed to the backend's `launch`."""
+    """Everything prepared on the host for one run, handed to the backend's `launch`.
 
-    job: Job
+    `job` is None while a warm-capable backend launches: its launcher then starts with
+    `--job-from`, waiting on `job_from` for the rest of its command, sent once the job
+    is known (`launcher_args`)."""
+
+    job: Job | None
     policy: Policy
     run: rundir.RunDir
     interpreter: Interpreter
@@ -85,6 +91,8 @@ class RunContext:
     network: EgressSession | None = None  # set when the policy has an allow-list
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    job_from: int | None = None  # the job pipe's read end, for a launcher started ahead
+    guest_paths: tuple[str, str] = ("", "")  # the job dir and channel as the guest sees them
 
     @property
     def rlimits(self) -> str:
@@ -99,6 +107,15 @@ class RunContext:
     def guest_command(self, python: str, launcher: str, job_dir: str,
                       channel: str | None = None) -> list[str]:
         """The command that runs inside the sandbox: interpreter, launcher, job."""
+        self.guest_paths = (job_dir, str(self.channel_fd) if channel is None else channel)
+        prefix = [python, *self.policy.interpreter_flags, launcher]
+        if self.job is None:
+            return [*prefix, "--job-from", str(self.job_from), "--ready", self.guest_paths[1]]
+        return [*prefix, *self.launcher_args()]
+
+    def launcher_args(self) -> list[str]:
+        """The launcher's arguments from its channel on: limits, options, the job."""
+        job_dir, channel = self.guest_paths
         target = self.job.target
         if self.job.kind == "script":
             target = f"{job_dir}/{Path(self.job.target).name}"
@@ -107,18 +124,42 @@ class RunContext:
             options += ["--deps", f"{job_dir}/{deps.DEPS_DIR}"]
         if self.network is not None:
             options += self.network.launcher_options()
-        channel = str(self.channel_fd) if channel is None else channel
-        return [python, *self.policy.interpreter_flags, launcher, channel,
-                self.rlimits, *options, self.job.kind, target, *self.job.args]
+        return [channel, self.rlimits, *options, self.job.kind, target, *self.job.args]
 
     def guest_env(self, home: str) -> dict[str, str]:
         return {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "HOME": home, **self.policy.env}
+
+
+@dataclass
+class Started:
+    """A run whose sandbox process exists: waiting for its job, or (a backend that needs
+    the job to launch) already given it. Owns the run dir and every fd until released."""
+
+    backend: Backend
+    policy: Policy
+    run: rundir.RunDir
+    host_fds: list[int] = field(default_factory=list)  # the channel's read end first
+    child_fds: list[int] = field(default_factory=list)  # closed once the child exists
+    ctx: RunContext | None = None
+    launch: Launch | None = None
+    proc: subprocess.Popen | None = None
+    job_fd: int | None = None  # the job pipe's write end while the launcher waits
+    network: EgressSession | None = None
+
+    @property
+    def channel_fd(self) -> int:
+        """The host's end of the records channel (a FIFO's, where the launch made one)."""
+        channel = self.launch.channel if self.launch is not None else None
+        return self.host_fds[0] if channel is None else channel
 
 
 class Backend:
     """Base for backends that start a sandbox process on this host."""
 
     name = ""
+    # True: the launcher can start before its job is known (`--job-from`), so a sandbox
+    # can be started ahead as a warm spare; every run takes this path.
+    warm = False
     extra_pids = 0  # processes the sandbox machinery itself needs inside the pids limit
     always_venv = False  # True: a (possibly empty) venv is built even without requirements
     # True: the sandbox has a network namespace of its own, and `launch` shows
@@ -158,60 +199,157 @@ class Backend:
         """Backend-specific observations to add to the common assurance."""
         return {}
 
+    def guest_home(self, ctx: RunContext) -> str:
+        """HOME inside: the scratch dir, as the sandbox sees it."""
+        return SCRATCH
+
+    def accept(self, ctx: RunContext, job: Job) -> None:
+        """Refuse, with a DetainError, a job this backend cannot run under this policy."""
+
     def run(self, job: Job, policy: Policy, *, stdout: Callable[[bytes], None] | None = None,
             stderr: Callable[[bytes], None] | None = None) -> Result:
         """Run `job` in a fresh sandbox and return what happened; always cleans up."""
+        return self.finish(self.start(policy, None if self.warm else job), job,
+                           stdout=stdout, stderr=stderr)
+
+    def start(self, policy: Policy, job: Job | None = None) -> Started:
+        """Create a run's state and start its sandbox; without a job (warm-capable
+        backends only) the launcher waits inside for the job `finish` sends it.
+
+        Everything the policy decides happens here (uid, cgroup, mounts, seccomp, the
+        proxy, staged requirements), so a spare costs its job nothing but the message."""
+        if job is None and not self.warm:
+            raise DetainError(f"the {self.name} backend cannot start ahead of its job")
+        rundir.sweep()
+        run = rundir.RunDir()
+        started = None
+        try:
+            read_fd, write_fd = os.pipe()
+            started = Started(self, policy, run, host_fds=[read_fd], child_fds=[write_fd])
+            ctx = started.ctx = self._prepare(job, policy, run, write_fd)
+            if policy.allow_hosts:  # the proxy's code loads only for runs that use it
+                from ..net import session as egress
+
+                started.network = ctx.network = egress.start(self, ctx)
+            if job is None:
+                ctx.job_from, started.job_fd = os.pipe()
+                started.child_fds.append(ctx.job_from)
+            else:
+                self.accept(ctx, job)
+            launch = started.launch = self.launch(ctx)
+            started.child_fds += launch.pass_fds
+            started.host_fds += launch.read_fds()
+            started.proc = spawn(launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),
+                                 preexec=ctx.setup if ctx.setup.needed() else None,
+                                 pass_fds=tuple(started.child_fds),
+                                 close_after_start=started.child_fds)
+            if job is None:
+                await_ready(started.channel_fd, policy.limits.wall_seconds)
+        except BaseException:
+            if started is None:
+                run.close()
+            else:
+                self._release(started)
+            raise
+        return started
+
+    def finish(self, started: Started, job: Job, *,
+               stdout: Callable[[bytes], None] | None = None,
+               stderr: Callable[[bytes], None] | None = None,
+               cancel: int | None = None,
+               defer: Callable[[Callable[[], None]], None] | None = None) -> Result:
+        """Give a started sandbox its job (if it waits for one), supervise it to the end,
+        and remove everything the run created, whatever happens.
+
+        With `defer`, a run that ended normally hands the removal of its remains (run dir,
+        mounts, cgroup dirs: no process, which is dead and reaped by then) to `defer`
+        instead of removing them before returning; a warm Sandbox does this on its own
+        thread, so the caller gets the result first."""
+        policy = started.policy
         result = Result(backend=self.name, level=self.level, job=job.describe(),
                         policy=policy.describe())
-        rundir.sweep()
-        with rundir.RunDir() as run:
-            read_fd, write_fd = os.pipe()
-            child_only = [write_fd]
-            host_only = [read_fd]
-            launch = network = None
-            try:
-                ctx = self._prepare(job, policy, run, write_fd)
-                if policy.allow_hosts:  # the proxy's code loads only for runs that use it
-                    from ..net import session as egress
-
-                    network = ctx.network = egress.start(self, ctx)
-                launch = self.launch(ctx)
-                child_only += launch.pass_fds
-                host_only += launch.read_fds()
-                out = Capture("stdout", policy.limits.output_bytes, stdout)
-                err = Capture("stderr", policy.limits.output_bytes, stderr)
-                own_out, own_err, extra = out, err, list(launch.side_channels)
-                if launch.job_output is not None:
-                    own_out = own_err = ctx.extra["diagnostics"] = Capture("diagnostics",
-                                                                           DIAGNOSTICS_CAP)
-                    extra += [(launch.job_output[0], out.feed), (launch.job_output[1], err.feed)]
-                outcome = supervise(
-                    launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),
-                    timeout=policy.limits.wall_seconds,
-                    stdout=own_out, stderr=own_err,
-                    stdin=job.stdin, preexec=ctx.setup if ctx.setup.needed() else None,
-                    pass_fds=tuple(child_only),
-                    channel=read_fd if launch.channel is None else launch.channel,
-                    kill=lambda proc: self.kill(ctx, proc), close_after_start=child_only,
-                    extra=extra)
-                outcome.stdout, outcome.stderr = out, err
-                self._fill(result, ctx, outcome)
-                if network is not None:
-                    network.finish(result)
-                if policy.copy_out and result.error is None:
-                    report = copy_out(ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
-                    result.copied_out = report.copied
-                    result.notes += [f"copy-out skipped {item}" for item in report.skipped]
-            finally:
-                if network is not None:
-                    network.stop()
-                for fd in (*host_only, *child_only):
-                    os.close(fd)
-                for release in launch.release if launch is not None else ():
-                    release()
+        ended = False
+        try:
+            ctx, launch = started.ctx, started.launch
+            if started.job_fd is not None:
+                self._send_job(started, job)
+            out = Capture("stdout", policy.limits.output_bytes, stdout)
+            err = Capture("stderr", policy.limits.output_bytes, stderr)
+            own_out, own_err, extra = out, err, list(launch.side_channels)
+            if launch.job_output is not None:
+                own_out = own_err = ctx.extra["diagnostics"] = Capture("diagnostics",
+                                                                       DIAGNOSTICS_CAP)
+                extra += [(launch.job_output[0], out.feed), (launch.job_output[1], err.feed)]
+            proc, started.proc = started.proc, None
+            outcome = supervise(
+                proc, timeout=policy.limits.wall_seconds, stdout=own_out, stderr=own_err,
+                stdin=job.stdin, channel=started.channel_fd,
+                kill=lambda proc: self.kill(ctx, proc), extra=extra, cancel=cancel)
+            outcome.stdout, outcome.stderr = out, err
+            self._fill(result, ctx, outcome)
+            if started.network is not None:
+                started.network.finish(result)
+            if policy.copy_out and result.error is None:
+                report = copy_out(ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
+                result.copied_out = report.copied
+                result.notes += [f"copy-out skipped {item}" for item in report.skipped]
+            ended = True
+        finally:
+            if ended and defer is not None:
+                defer(lambda: self._release(started))
+            else:
+                self._release(started)
         return result
 
-    def _prepare(self, job: Job, policy: Policy, run: rundir.RunDir, channel_fd: int) -> RunContext:
+    def discard(self, started: Started) -> None:
+        """Remove a started sandbox that will get no job (a spare no longer wanted)."""
+        self._release(started)
+
+    def _send_job(self, started: Started, job: Job) -> None:
+        """Stage the job where the waiting launcher finds it, then send it its command."""
+        ctx = started.ctx
+        self.accept(ctx, job)
+        ctx.job = job
+        self._stage_script(job, ctx.job_dir)
+        message = launcher_message(ctx.launcher_args(), ctx.guest_env(self.guest_home(ctx)))
+        fd, started.job_fd = started.job_fd, None
+        try:
+            view = memoryview(message)
+            while view:
+                view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            pass  # the sandbox died while it waited: supervising it reports how
+        finally:
+            os.close(fd)
+
+    def _release(self, started: Started) -> None:
+        ctx = started.ctx
+        try:
+            if started.proc is not None:
+                discard(started.proc, lambda proc: self.kill(ctx, proc))
+                started.proc = None
+            if started.network is not None:
+                started.network.stop()
+        finally:
+            fds = [*started.host_fds, *started.child_fds]
+            if started.job_fd is not None:
+                fds.append(started.job_fd)
+            started.host_fds, started.child_fds, started.job_fd = [], [], None
+            for fd in fds:
+                os.close(fd)
+            for release in started.launch.release if started.launch is not None else ():
+                release()
+            started.run.close()
+
+    @staticmethod
+    def _stage_script(job: Job, job_dir: Path) -> None:
+        if job.kind == "script":
+            staged = job_dir / Path(job.target).name
+            shutil.copyfile(job.target, staged)
+            os.chmod(staged, 0o644)
+
+    def _prepare(self, job: Job | None, policy: Policy, run: rundir.RunDir,
+                 channel_fd: int) -> RunContext:
         uid = privileges.fresh_uid() if privileges.is_root() else None
         setup = privileges.ChildSetup(uid=uid)
         if uid is not None:
@@ -222,10 +360,8 @@ class Backend:
             run.record("mount", str(scratch))
             privileges.mount_scratch(scratch, policy.limits.disk_bytes, uid)
         job_dir = run.subdir("job", 0o755)
-        if job.kind == "script":
-            staged = job_dir / Path(job.target).name
-            shutil.copyfile(job.target, staged)
-            os.chmod(staged, 0o644)
+        if job is not None:
+            self._stage_script(job, job_dir)
         with_deps = deps.stage(policy, job_dir, always=self.always_venv)
         cgroup = None
         if uid is not None:

@@ -84,6 +84,7 @@ def _userns_reason() -> str | None:
 
 class BwrapBackend(Backend):
     name = "bwrap"
+    warm = True
     extra_pids = 2  # bwrap's own monitor and the namespace's init
     signal_as_exit_status = True
     own_network_namespace = True
@@ -146,7 +147,7 @@ class BwrapBackend(Backend):
                      setup.remap(str(mount.host), staged), mount.sandbox]
         seccomp_fd = os.open(seccomp.filter_path(), os.O_RDONLY)
         args += ["--remount-ro", "/", "--chdir", SCRATCH, "--clearenv"]
-        for key, value in ctx.guest_env(home=SCRATCH).items():
+        for key, value in ctx.guest_env(home=self.guest_home(ctx)).items():
             args += ["--setenv", key, value]
         args += ["--seccomp", str(seccomp_fd), "--"]
         args += ctx.guest_command(interp.executable, GUEST_LAUNCHER, GUEST_JOB)

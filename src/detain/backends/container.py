@@ -70,7 +70,7 @@ class ContainerBackend(Backend):
         python = "python3" if policy.image else ctx.interpreter.executable
         command = ctx.guest_command(python, GUEST_LAUNCHER, GUEST_JOB, channel=GUEST_CHANNEL)
         try:
-            launch = self.start(ctx, binds, command, self.user(ctx))
+            launch = self.container_launch(ctx, binds, command, self.user(ctx))
         except BaseException:
             os.close(channel_fd)
             raise
@@ -79,7 +79,7 @@ class ContainerBackend(Backend):
 
     supports_trace = False
 
-    def start(self, ctx: RunContext, binds: list[Bind], command: list[str],
+    def container_launch(self, ctx: RunContext, binds: list[Bind], command: list[str],
               user: tuple[int, int]) -> Launch:
         """How this backend starts the container running `command` as `user`."""
         raise NotImplementedError

@@ -47,7 +47,7 @@ class EngineBackend(ContainerBackend):
         env = [f"{k}={v}" for k, v in ctx.guest_env(home=SCRATCH).items()]
         return ["/usr/bin/env", "-i", *env, *command]
 
-    def start(self, ctx: RunContext, binds: list[Bind], command: list[str],
+    def container_launch(self, ctx: RunContext, binds: list[Bind], command: list[str],
               user: tuple[int, int]) -> Launch:
         lim = ctx.policy.limits
         prefix, env = self.engine(ctx)

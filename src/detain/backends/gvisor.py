@@ -98,7 +98,7 @@ class GvisorBackend(ContainerBackend):
         return Probe(True, version=version, details=(("path", found[0]),
                                                      ("platform", platform(found[0]))))
 
-    def start(self, ctx: RunContext, binds: list[Bind], command: list[str],
+    def container_launch(self, ctx: RunContext, binds: list[Bind], command: list[str],
               user: tuple[int, int]) -> Launch:
         found = find_runsc()
         if found is None:

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..errors import DetainError, ProtectionError
+from ..host.jobmessage import launcher_message
 from ..host.supervise import Capture, Outcome
 from ..microvm import cache_root, channel, machine, slots, transfer
 from ..microvm import setup as vm
@@ -135,7 +136,7 @@ class MicroVMBackend(Backend):
                                     channel=str(channel.CHANNEL_FD))
         assert command[:len(prefix)] == prefix  # the saved VM started exactly this prefix
         blobs = {"seed": os.urandom(64), "stdin": stdin or b"", "script": b"",
-                 "launcher": channel.launcher_message(command[len(prefix):],
+                 "launcher": launcher_message(command[len(prefix):],
                                                       ctx.guest_env(home=SCRATCH)),
                  "mounts": transfer.pack_mounts(ctx.policy.mounts, lim.disk_bytes)
                  if ctx.policy.mounts else b""}

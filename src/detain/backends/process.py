@@ -24,6 +24,7 @@ WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 class ProcessBackend(Backend):
     name = "process"
+    warm = True
     hide_world_writable = True  # as root: cover them, so the uid can write only scratch
 
     def probe(self) -> Probe:
@@ -42,7 +43,10 @@ class ProcessBackend(Backend):
         python = setup.remap(interp.executable, staged)
         launcher = setup.remap(str(LAUNCHER), staged)
         return Launch(ctx.guest_command(python, launcher, str(ctx.job_dir)),
-                      env=ctx.guest_env(home=str(ctx.scratch)), cwd=str(ctx.scratch))
+                      env=ctx.guest_env(home=self.guest_home(ctx)), cwd=str(ctx.scratch))
+
+    def guest_home(self, ctx: RunContext) -> str:
+        return str(ctx.scratch)  # no mount namespace: the host path is the sandbox's
 
     def plan_hiding(self, ctx: RunContext) -> None:
         """Decide which world-writable dirs to cover before anything is staged: a source

@@ -18,6 +18,7 @@ import importlib.util
 from pathlib import Path
 
 from ..errors import DetainError
+from ..job import Job
 from . import Probe
 from .base import Launch, RunContext
 from .process import ProcessBackend
@@ -44,10 +45,12 @@ class RestrictedBackend(ProcessBackend):
         return Probe(True, version=f"RestrictedPython {version('RestrictedPython')}",
                      details=(("path", str(found)),))
 
-    def launch(self, ctx: RunContext) -> Launch:
-        if ctx.job.kind == "module":
+    def accept(self, ctx: RunContext, job: Job) -> None:
+        if job.kind == "module":
             raise DetainError("the restricted backend runs only -c snippets and single scripts, "
                               "not -m modules; pick another backend")
+
+    def launch(self, ctx: RunContext) -> Launch:
         if ctx.deps:
             raise DetainError("the restricted backend cannot use --with/--requirements: "
                               "RestrictedPython allows only a few stdlib imports")

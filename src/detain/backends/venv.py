@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Callable
+from typing import Any
 
 from ..job import Job
-from ..policy import Policy
 from ..result import Result
 from . import Probe
+from .base import Started
 from .process import ProcessBackend
 
 WARNING = ("detain: warning: the venv backend isolates dependencies only; a venv is not a "
@@ -31,10 +31,9 @@ class VenvBackend(ProcessBackend):
     def probe(self) -> Probe:
         return Probe(True, version=f"Python {platform.python_version()}")
 
-    def run(self, job: Job, policy: Policy, *, stdout: Callable[[bytes], None] | None = None,
-            stderr: Callable[[bytes], None] | None = None) -> Result:
+    def finish(self, started: Started, job: Job, **sinks: Any) -> Result:
         print(WARNING, file=sys.stderr)
-        result = super().run(job, policy, stdout=stdout, stderr=stderr)
+        result = super().finish(started, job, **sinks)
         result.notes.insert(0, WARNING.removeprefix("detain: warning: "))
         return result
 

@@ -144,7 +144,7 @@ def kill_cgroup(ver: int, dirs: dict[str, Path]) -> None:
                 pass
         if freezer is not None and freezer.exists():
             _write(freezer / "freezer.state", "THAWED")
-    for _ in range(400):
+    for pause in _backoff(2.0):
         remaining = _read(procs).split()
         if not remaining:
             return
@@ -153,7 +153,17 @@ def kill_cgroup(ver: int, dirs: dict[str, Path]) -> None:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.005)
+        time.sleep(pause)
+
+
+def _backoff(total: float):
+    """Pauses from 0.2 ms doubling to 5 ms, adding up to `total` seconds: a group whose
+    last process is being reaped empties within a millisecond or two, so poll fast first."""
+    pause, spent = 0.0002, 0.0
+    while spent < total:
+        yield pause
+        spent += pause
+        pause = min(pause * 2, 0.005)
 
 
 @cleaner("cgroup")
@@ -166,12 +176,12 @@ def remove_cgroup(path_text: str) -> None:
         kill_cgroup(1, {path.parent.parent.name: path})
     else:
         kill_cgroup(2, {"unified": path})
-    for _ in range(200):
+    for pause in _backoff(1.0):
         try:
             path.rmdir()
             return
         except FileNotFoundError:
             return
         except OSError:
-            time.sleep(0.005)
+            time.sleep(pause)
     path.rmdir()

@@ -81,29 +81,39 @@ def _feed_stdin(pipe, stdin: bytes | int) -> None:
             pass
 
 
-def supervise(argv: Sequence[str], *, env: dict[str, str], timeout: float,
-              stdout: Capture, stderr: Capture, stdin: bytes | int | None = None,
-              cwd: str | None = None, preexec: Callable[[], None] | None = None,
-              pass_fds: Sequence[int] = (), channel: int | None = None,
-              kill: Callable[[subprocess.Popen], None],
-              close_after_start: list[int] | None = None,
-              extra: Sequence[tuple[int, Sink]] = ()) -> Outcome:
-    """Run `argv` to completion or to its deadline; `kill` must end the whole sandbox.
+def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: str | None = None,
+          preexec: Callable[[], None] | None = None, pass_fds: Sequence[int] = (),
+          close_after_start: list[int] | None = None) -> subprocess.Popen:
+    """Start the sandbox process, its stdin a pipe `supervise` feeds (or closes) later.
 
     `close_after_start` holds fds only the child needs (the channel's write end): they are
     closed, and removed from the list, as soon as the child exists, so EOF can arrive.
-    `extra` are more (fd, sink) streams to read and drain like stdout/stderr (a VM's ports).
     """
-    started = time.monotonic()
     proc = subprocess.Popen(
         argv, env=env, cwd=cwd, preexec_fn=preexec, pass_fds=tuple(pass_fds),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        close_fds=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, close_fds=True)
     while close_after_start:
         os.close(close_after_start.pop())
-    feeder = None
-    if stdin is not None:
+    return proc
+
+
+def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr: Capture,
+              stdin: bytes | int | None = None, channel: int | None = None,
+              kill: Callable[[subprocess.Popen], None],
+              extra: Sequence[tuple[int, Sink]] = (), cancel: int | None = None) -> Outcome:
+    """Run `proc` to completion or to its deadline; `kill` must end the whole sandbox.
+
+    The wall clock starts here, not at `spawn`: a sandbox started ahead (a warm spare)
+    waits for its job without spending the job's time. `extra` are more (fd, sink) streams
+    to read and drain like stdout/stderr (a VM's ports). `cancel` is an fd whose readiness
+    (a client that hung up) ends the run like a timeout, without the timeout's status.
+    """
+    started = time.monotonic()
+    if stdin is None:
+        proc.stdin.close()
+        feeder = None
+    else:
         feeder = threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin), daemon=True)
         feeder.start()
     records: list[dict] = []
@@ -121,25 +131,32 @@ def supervise(argv: Sequence[str], *, env: dict[str, str], timeout: float,
     for fd, sink in extra:
         sel.register(fd, selectors.EVENT_READ, sink)
     sel.register(pidfd, selectors.EVENT_READ, None)
+    if cancel is not None:
+        sel.register(cancel, selectors.EVENT_READ, _CANCEL)
     try:
         while returncode is None:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                kill(proc)
-                _, status, rusage = os.wait4(proc.pid, 0)
-                returncode = os.waitstatus_to_exitcode(status)
-                break
-            for key, _ in sel.select(remaining):
+            stop = remaining <= 0
+            for key, _ in () if stop else sel.select(remaining):
                 if key.data is None:
                     _, status, rusage = os.wait4(proc.pid, 0)
                     returncode = os.waitstatus_to_exitcode(status)
                     break
+                if key.data is _CANCEL:
+                    stop = True
+                    break
                 _pump(sel, key)
+            if stop and returncode is None:
+                timed_out = remaining <= 0
+                kill(proc)
+                _, status, rusage = os.wait4(proc.pid, 0)
+                returncode = os.waitstatus_to_exitcode(status)
         proc.returncode = returncode
         ended = time.monotonic()
         kill(proc)
         sel.unregister(pidfd)
+        if cancel is not None:
+            sel.unregister(cancel)
         drain_until = time.monotonic() + DRAIN_SECONDS
         while sel.get_map() and time.monotonic() < drain_until:
             for key, _ in sel.select(max(0.0, drain_until - time.monotonic())):
@@ -154,6 +171,39 @@ def supervise(argv: Sequence[str], *, env: dict[str, str], timeout: float,
             proc.wait()
     return Outcome(returncode, rusage, timed_out, stdout, stderr, records,
                    channel_state["bytes"], started, ended)
+
+
+READY = b'{"type":"ready"}\n'
+
+
+def await_ready(channel: int, timeout: float) -> bool:
+    """Wait for a launcher started ahead of its job to say it waits (`--ready`).
+
+    Only that line can come before the job is sent (nothing untrusted has run), so this
+    reads at most its length; anything else, EOF (the sandbox died) or the timeout returns
+    False, and supervising the run reports what happened."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(channel, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return False
+    try:
+        return os.read(channel, len(READY)) == READY
+    except OSError:
+        return False
+
+
+def discard(proc: subprocess.Popen, kill: Callable[[subprocess.Popen], None]) -> None:
+    """End a sandbox that never got its job (a spare no longer wanted) and reap it."""
+    kill(proc)
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+
+_CANCEL = object()
 
 
 def _pump(sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:

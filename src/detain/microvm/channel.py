@@ -4,7 +4,7 @@ In: one message on virtio port 1, read by guest_init.receive(): a 4-byte big-end
 length, a JSON header, then the blobs the header lists (name, length) in order. The boot
 that saves a VM gets one such message too (`boot_message`): how to start the job's
 process ahead of time. Each run's message carries, as its `launcher` blob, the waiting
-launcher's own message (`launcher_message`, read by guest/launcher.py's `--job-from`).
+launcher's own message (host/jobmessage.py, read by guest/launcher.py's `--job-from`).
 Out: the guest init's one-line JSON status on its root-only port. It comes from a VM that
 ran hostile code, so it is size-capped and every field is type-checked; anything odd is
 treated as no status at all.
@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DetainError
 from .image import GUEST_LAUNCHER
 
 STATUS_CAP = 16 << 10
@@ -36,16 +35,6 @@ def boot_message(python: str, flags: Sequence[str], uid: int, seccomp_filter: by
     argv = [python, *flags, GUEST_LAUNCHER, "--job-from", str(JOB_FD)]
     return encode({"argv": argv, "uid": uid, "channel_fd": CHANNEL_FD, "job_fd": JOB_FD},
                   {"seccomp": seccomp_filter})
-
-
-def launcher_message(argv: Sequence[str], env: Mapping[str, str]) -> bytes:
-    """The launcher's arguments (from its channel fd on) and the job's environment, as
-    `--job-from` reads them: length, then NUL-separated count, arguments, KEY=VALUE."""
-    fields = [str(len(argv)), *argv, *(f"{key}={value}" for key, value in env.items())]
-    if any("\0" in field for field in fields):
-        raise DetainError("the job's arguments and environment cannot contain NUL bytes")
-    data = "\0".join(fields).encode("utf-8", "surrogateescape")
-    return struct.pack(">I", len(data)) + data
 
 
 @dataclass(frozen=True)

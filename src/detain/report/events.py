@@ -20,7 +20,7 @@ IN_PROCESS = "in-process"
 KERNEL = "kernel/runtime"
 MAX_EVENTS = 5000
 TEXT_CAP = 500
-PRE_JOB = ("hello", "audit", "deps")
+PRE_JOB = ("ready", "hello", "audit", "deps")
 
 KNOWN_EVENTS = {
     "open", "os.remove", "os.unlink", "os.rename", "os.rmdir", "os.mkdir", "os.chmod",
