@@ -48,7 +48,9 @@ test-all: system-deps $(VENV)/.installed-test lint setup-backends
 soak: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m soak -p no:randomly $(PYTEST_ARGS)
 
+## make bench: start-up per backend against the bare interpreter (API, CLI, detain serve)
 bench: $(VENV)/.installed
+	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/python bench/startup.py
 
 clean:

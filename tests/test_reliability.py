@@ -303,7 +303,7 @@ FLAGS = st.sampled_from(["--timeout", "--cpu", "--memory", "--processes", "--dis
 @FAST
 @given(st.lists(st.tuples(FLAGS, TEXT), max_size=4))
 def test_cli_flags_parse_or_exit_2(flags):
-    from detain.cli.main import build_parser
+    from detain.cli.parser import build_parser
     from detain.cli.run_cmd import policy_from_args
 
     argv = ["run"] + [part for flag, value in flags for part in (flag, value)] + ["-c", "pass"]

@@ -10,8 +10,7 @@ Importing detain has no side effects and imports nothing heavy: names resolve on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: importing typing would double the CLI's start-up
 __version__ = "0.1.0"
 __all__ = ["DetainError", "Job", "Policy", "Result", "Sandbox", "load_policy", "run"]
 
@@ -21,6 +20,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import Sandbox, run
     from .errors import DetainError
     from .job import Job

@@ -44,18 +44,25 @@ class Sandbox:
             self.policy = self.policy.merge({"backend": backend}, "Sandbox(backend=...)")
         self.backend = backends.choose(self.policy.backend, self.policy.min_level,
                                        egress=bool(self.policy.allow_hosts))
-        if warm and not self.backend.warm:
-            raise DetainError(f"the {self.backend.name} backend cannot start a sandbox "
-                              "before its job, so it keeps no warm spares; use warm=0, or "
-                              "a backend such as bwrap, landlock or process")
-        self.warm = max(0, int(warm))
+        self.warm = 0
         self._spares: list[Started] = []
         self._state = threading.Condition()
         self._closed = False
         self._pending = 0  # spares being started on the spawner thread
         self._removing = 0  # finished runs whose remains are being removed there
-        self.cleanup_error: BaseException | None = None
         self.warm_error: BaseException | None = None  # why the last spare failed to start
+        self.cleanup_error: BaseException | None = None
+        if warm:
+            self.keep_warm(warm)
+
+    def keep_warm(self, spares: int) -> None:
+        """Keep `spares` sandboxes started ahead from now on (0: none)."""
+        if spares and not self.backend.warm:
+            raise DetainError(f"the {self.backend.name} backend cannot start a sandbox "
+                              "before its job, so it keeps no warm spares; use warm=0, or "
+                              "a backend such as bwrap, landlock or process")
+        self.warm = max(0, int(spares))
+        self._keep_warm()
 
     def run(self, job: Job, *, stdout: Sink | None = None, stderr: Sink | None = None,
             cancel: int | None = None) -> Result:
@@ -113,7 +120,11 @@ class Sandbox:
         self._keep_warm()
         with self._state:
             self._state.wait_for(lambda: self._spares or not self._pending, SPARE_WAIT)
-            return self._spares.pop(0) if self._spares else None
+            spare = self._spares.pop(0) if self._spares else None
+        if spare is not None and spare.proc.poll() is not None:
+            self._defer(lambda: self.backend.discard(spare))  # died waiting (OOM killer…)
+            return None
+        return spare
 
     def _keep_warm(self) -> None:
         with self._state:
@@ -151,13 +162,18 @@ class Sandbox:
                 self._state.notify_all()
             return
         with self._state:
-            self._pending -= 1
-            self._state.notify_all()
             if not self._closed:
+                self._pending -= 1
                 self.warm_error = None
                 self._spares.append(spare)
+                self._state.notify_all()
                 return
-        self.backend.discard(spare)
+        try:  # closed meanwhile: close() waits until this spare is gone too
+            self.backend.discard(spare)
+        finally:
+            with self._state:
+                self._pending -= 1
+                self._state.notify_all()
 
 
 SPARE_WAIT = 30.0  # seconds a run waits for a spare being started before starting its own

@@ -4,6 +4,9 @@ The CLI turns every `DetainError` into one line on stderr and exit status 2; any
 else escaping is a bug in detain, not in the user's input.
 """
 
+EXIT_DETAIN_ERROR = 2  # detain's own error: bad input, no backend, a sandbox that failed
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, after the sandbox was removed
+
 
 class DetainError(Exception):
     """A problem with the user's input or host that detain can explain in one line."""

@@ -6,9 +6,10 @@ import signal as _signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import EXIT_DETAIN_ERROR
+
 EXIT_TIMEOUT = 124
 EXIT_LIMIT = 137
-EXIT_DETAIN_ERROR = 2
 
 
 @dataclass

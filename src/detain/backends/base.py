@@ -91,8 +91,9 @@ class RunContext:
     network: EgressSession | None = None  # set when the policy has an allow-list
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    job_from: int | None = None  # the job pipe's read end, for a launcher started ahead
+    job_from: str | None = None  # where a launcher started ahead reads its job (guest side)
     guest_paths: tuple[str, str] = ("", "")  # the job dir and channel as the guest sees them
+    label: str | None = None  # shown in the waiting launcher's command line, for `ps`
 
     @property
     def rlimits(self) -> str:
@@ -110,7 +111,8 @@ class RunContext:
         self.guest_paths = (job_dir, str(self.channel_fd) if channel is None else channel)
         prefix = [python, *self.policy.interpreter_flags, launcher]
         if self.job is None:
-            return [*prefix, "--job-from", str(self.job_from), "--ready", self.guest_paths[1]]
+            label = ["--label", self.label] if self.label else []
+            return [*prefix, "--job-from", self.job_from, "--ready", self.guest_paths[1], *label]
         return [*prefix, *self.launcher_args()]
 
     def launcher_args(self) -> list[str]:
@@ -203,16 +205,26 @@ class Backend:
         """HOME inside: the scratch dir, as the sandbox sees it."""
         return SCRATCH
 
+    def job_pipe(self, ctx: RunContext) -> tuple[str, int, int | None]:
+        """Where a launcher started ahead reads its job: (the guest's name for it, the
+        host's write end, an fd the sandbox inherits or None). A pipe the child inherits."""
+        read_end, write_end = os.pipe()
+        return str(read_end), write_end, read_end
+
     def accept(self, ctx: RunContext, job: Job) -> None:
         """Refuse, with a DetainError, a job this backend cannot run under this policy."""
 
     def run(self, job: Job, policy: Policy, *, stdout: Callable[[bytes], None] | None = None,
-            stderr: Callable[[bytes], None] | None = None) -> Result:
-        """Run `job` in a fresh sandbox and return what happened; always cleans up."""
-        return self.finish(self.start(policy, None if self.warm else job), job,
+            stderr: Callable[[bytes], None] | None = None, label: str | None = None) -> Result:
+        """Run `job` in a fresh sandbox and return what happened; always cleans up.
+
+        `label` names the run in the host's process list, where the job's own command
+        line no longer is once the launcher starts ahead of it."""
+        return self.finish(self.start(policy, None if self.warm else job, label=label), job,
                            stdout=stdout, stderr=stderr)
 
-    def start(self, policy: Policy, job: Job | None = None) -> Started:
+    def start(self, policy: Policy, job: Job | None = None, *,
+              label: str | None = None) -> Started:
         """Create a run's state and start its sandbox; without a job (warm-capable
         backends only) the launcher waits inside for the job `finish` sends it.
 
@@ -227,13 +239,15 @@ class Backend:
             read_fd, write_fd = os.pipe()
             started = Started(self, policy, run, host_fds=[read_fd], child_fds=[write_fd])
             ctx = started.ctx = self._prepare(job, policy, run, write_fd)
+            ctx.label = label
             if policy.allow_hosts:  # the proxy's code loads only for runs that use it
                 from ..net import session as egress
 
                 started.network = ctx.network = egress.start(self, ctx)
             if job is None:
-                ctx.job_from, started.job_fd = os.pipe()
-                started.child_fds.append(ctx.job_from)
+                ctx.job_from, started.job_fd, inherited = self.job_pipe(ctx)
+                if inherited is not None:
+                    started.child_fds.append(inherited)
             else:
                 self.accept(ctx, job)
             launch = started.launch = self.launch(ctx)
@@ -244,7 +258,7 @@ class Backend:
                                  pass_fds=tuple(started.child_fds),
                                  close_after_start=started.child_fds)
             if job is None:
-                await_ready(started.channel_fd, policy.limits.wall_seconds)
+                await_ready(started.proc, started.channel_fd, policy.limits.wall_seconds)
         except BaseException:
             if started is None:
                 run.close()

@@ -28,16 +28,19 @@ from typing import Any
 
 from ..errors import DetainError, ProtectionError
 from ..host import cgroups, privileges, rootfs
-from ..host.rootfs import GUEST_CHANNEL, Bind
+from ..host.rootfs import GUEST_CHANNEL, GUEST_JOB_FIFO, Bind
 from ..policy import SCRATCH
 from ..result import Result
 from .base import Backend, Launch, RunContext
 from .bwrap import GUEST_JOB, GUEST_LAUNCHER
 
+JOB_FIFO = "job-fifo"
+
 
 class ContainerBackend(Backend):
     """Base for backends whose sandbox is an OCI container."""
 
+    warm = True
     signal_as_exit_status = True
     supports_image = False
     # Sub-cgroups the engine makes under the run's cgroup beside the container's own (which
@@ -64,6 +67,8 @@ class ContainerBackend(Backend):
                                          *(Bind(d, d) for d in ctx.interpreter.bind_dirs)]
         binds += rootfs.job_binds(ctx.job_dir, ctx.scratch, channel_path,
                                   self.channel_mount_writable)
+        if ctx.job_from is not None:
+            binds.append(Bind(str(ctx.run.path / JOB_FIFO), ctx.job_from))
         binds += [Bind(str(m.host), m.sandbox, m.writable) for m in policy.mounts]
         for bind in binds:
             _check_path(bind.source)
@@ -135,6 +140,15 @@ class ContainerBackend(Backend):
         for path in paths:
             if str(path) not in recorded:
                 ctx.run.record("cgroup", str(path))
+
+    def job_pipe(self, ctx: RunContext) -> tuple[str, int, int | None]:
+        """A FIFO, as for the channel: opened read-write here (never blocking, and it keeps
+        a writer until the message is written), readable by the job's uid, bound read-only."""
+        path = ctx.run.path / JOB_FIFO
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        os.chmod(path, 0o444)
+        return GUEST_JOB_FIFO, fd, None
 
     @staticmethod
     def _channel(ctx: RunContext) -> tuple[Path, int]:

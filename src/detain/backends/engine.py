@@ -63,7 +63,7 @@ class EngineBackend(ContainerBackend):
                 "--tmpfs", f"/tmp:rw,nosuid,nodev,size={lim.disk_bytes},mode=1777",
                 "--shm-size", str(min(lim.disk_bytes, lim.memory_bytes)),
                 "--log-driver", "none", "--pull", "never"]
-        if ctx.job.stdin is not None:
+        if ctx.job is None or ctx.job.stdin is not None:  # a spare's job may bring stdin
             argv.append("--interactive")
         parent = self.cgroup_parent(ctx)
         if parent is not None:
@@ -85,13 +85,17 @@ class EngineBackend(ContainerBackend):
         subprocess.run(self.remove(prefix, ctx.extra["container"]), env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_TIMEOUT,
                        check=False)
+        ctx.extra["removed"] = True
 
     def kill(self, ctx: RunContext, proc) -> None:
         super().kill(ctx, proc)
-        if "container" in ctx.extra and proc.returncode is not None:
-            # `run --rm` has removed the container by the time the client exits (or the
-            # forced removal above did): this run's cleanup has nothing left to do. The
-            # journal keeps the record; a sweep after a crash finds the container gone.
+        if "container" in ctx.extra and proc.returncode is not None and (
+                proc.returncode >= 0 or ctx.extra.get("removed")):
+            # `run --rm` has removed the container by the time the client exits by itself
+            # (or the forced removal above did): this run's cleanup has nothing left to do.
+            # A client killed from outside (a spare's, by the OOM killer) removed nothing,
+            # so its record stays for cleanup. The journal keeps it either way; a sweep
+            # after a crash finds the container gone.
             ctx.run.state.pop("container", None)
 
     def host_assurance(self, ctx: RunContext, seen: dict) -> dict:

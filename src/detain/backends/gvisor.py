@@ -89,9 +89,10 @@ class GvisorBackend(ContainerBackend):
                                 "release on PATH)")
         version = ".".join(map(str, found[1]))
         if os.geteuid() != 0:
-            return Probe(False, "detain drives runsc as root here (rootless runsc cannot "
-                                "bind the host interpreter read-only); run detain as root, "
-                                "or use --backend podman", version)
+            return Probe(False, "rootless runsc (--rootless) maps only your uid, as root "
+                                "inside, so its gofer can create scratch files for no "
+                                "other uid and the job would run as root; run detain as "
+                                "root, or use --backend podman", version)
         if "host-fifo" not in _flags(found[0]):
             return Probe(False, f"runsc {version} lacks --host-fifo (needed for detain's "
                                 "channel); install a newer runsc", version)

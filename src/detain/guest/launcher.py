@@ -7,7 +7,8 @@ passed in, as into a container) and, before any untrusted byte executes:
      user namespace they count only this sandbox's processes);
   2. records what it can observe of its confinement (uid, seccomp, namespaces, network
      interfaces, limits) and writes it to the host as the first channel record — trustworthy
-     because nothing untrusted has run yet;
+     because nothing untrusted has run yet (a launcher started ahead reads the confinement
+     while it waits, the limits after the job's message);
   3. with `--proxy PORT:SOCKET`, forwards 127.0.0.1:PORT to the host's allow-list proxy
      and sets HTTP(S)_PROXY to it (guest/forward.py); then, with `--deps DIR`, installs
      the job's requirements into a throw-away venv in its working (scratch) dir and
@@ -21,14 +22,15 @@ Records written after step 4 starts share a process with the job and are marked
 in-process by the host, because the job could forge them. The helpers are sibling files,
 loaded by path: under -I the launcher's own dir is not on sys.path.
 
-`launcher.py --job-from SOURCE [--ready CHANNEL]` is the same launcher started ahead of its
-job (a warm spare on the host, a micro-VM saved with the interpreter already up): it loads
-what every job needs (the audit hook, runpy), writes a `ready` record to CHANNEL if given,
-then blocks reading one message from SOURCE, an inherited fd or a FIFO's path (4-byte
-big-endian length, then NUL-separated fields: the argument count, the arguments above from
-FD on, then the job's environment as KEY=VALUE), and continues exactly as if started with
-them. Whoever starts it early must already have confined it
-(uid, no_new_privs, seccomp, namespaces); the job's own limits are applied here, after the
+`launcher.py --job-from SOURCE [--ready CHANNEL] [--label TEXT]` is the same launcher
+started ahead of its job (a warm spare on the host, a micro-VM saved with the interpreter
+already up): it loads what every job needs (the audit hook, runpy), writes a `ready`
+record to CHANNEL if given, then blocks reading one message from SOURCE, an inherited fd
+or a FIFO's path (4-byte big-endian length, then NUL-separated fields: the argument count,
+the arguments above from FD on, then the job's environment as KEY=VALUE), and continues
+exactly as if started with them. TEXT is only shown to the host's `ps` (the selftest finds
+a job's processes by it). Whoever starts it early must already have confined it (uid,
+no_new_privs, seccomp, namespaces); the job's own limits are applied here, after the
 message, as always, and the assurance is observed after them.
 """
 
@@ -64,7 +66,9 @@ def apply_limits(spec):
         resource.setrlimit(getattr(resource, "RLIMIT_" + name), (number, hard))
 
 
-def observe():
+def observe_confinement():
+    """What the sandbox itself is: fixed from the launcher's start, as nothing but the
+    launcher has run in it (a launcher waiting for its job reads it while it waits)."""
     status = {}
     for line in (_read("/proc/self/status") or "").splitlines():
         key, _, value = line.partition(":")
@@ -78,17 +82,22 @@ def observe():
             namespaces[name] = None
     interfaces = [line.split(":", 1)[0].strip()
                   for line in (_read("/proc/net/dev") or "").splitlines()[2:] if ":" in line]
+    return {
+        "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+        "status": status, "namespaces": namespaces, "interfaces": interfaces,
+        "hostname": os.uname().nodename, "cgroup": (_read("/proc/self/cgroup") or "")[:4096],
+        "cwd": os.getcwd(), "pid": os.getpid(),
+    }
+
+
+def observe(confinement):
+    """The assurance record: the confinement, and the limits and environment as the job
+    will have them."""
     limits = {}
     for name in ("AS", "CPU", "NPROC", "FSIZE", "NOFILE", "CORE"):
         soft, _ = resource.getrlimit(getattr(resource, "RLIMIT_" + name))
         limits[name] = soft
-    return {
-        "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
-        "status": status, "namespaces": namespaces, "interfaces": interfaces,
-        "rlimits": limits, "hostname": os.uname().nodename,
-        "cgroup": (_read("/proc/self/cgroup") or "")[:4096],
-        "environ_keys": sorted(os.environ), "cwd": os.getcwd(), "pid": os.getpid(),
-    }
+    return {**confinement, "rlimits": limits, "environ_keys": sorted(os.environ)}
 
 
 _ESCAPES = {i: "\\u%04x" % i for i in range(32)}
@@ -229,22 +238,26 @@ def wait_for_job(source, ready):
 
     sibling("audit")
     compile("pass", "<warm-up>", "exec")
+    confinement = observe_confinement()
+    job = open_end(source, os.O_RDONLY)  # before `ready`: a FIFO's writer may then close
     if ready is not None:
         Channel(open_end(ready, os.O_WRONLY)).send({"type": "ready"})
-    return read_job(open_end(source, os.O_RDONLY))
+    return confinement, read_job(job)
 
 
 def main():
+    confinement = None
     if sys.argv[1:2] == ["--job-from"]:
-        ready = sys.argv[4] if sys.argv[3:4] == ["--ready"] else None
-        sys.argv[1:], environ = wait_for_job(sys.argv[2], ready)
+        waiting = {sys.argv[i]: sys.argv[i + 1] for i in range(1, len(sys.argv) - 1, 2)}
+        confinement, (sys.argv[1:], environ) = wait_for_job(waiting["--job-from"],
+                                                            waiting.get("--ready"))
         os.environ.clear()
         os.environ.update(environ)
     fd, rlimits, *rest = sys.argv[1:]
     options, (kind, target, *args) = parse_options(rest)
     apply_limits(rlimits)
     channel = Channel(open_end(fd, os.O_WRONLY))
-    channel.send({"type": "hello", "assurance": observe()})
+    channel.send({"type": "hello", "assurance": observe(confinement or observe_confinement())})
     sys.path[:0] = options["path"]
     if options["proxy"] is not None:  # before deps: pip may reach the index through it
         sibling("forward").start(options["proxy"])

@@ -23,12 +23,13 @@ from ..guest import LAUNCHER
 from ..policy import SCRATCH
 from .tools import cache_dir
 
-LAYOUT = 1
+LAYOUT = 2
 GUEST_CHANNEL = "/detain/channel"
+GUEST_JOB_FIFO = "/detain/job-fifo"  # where a container started ahead reads its job
 # Mount points engines and runtimes create when missing (podman's /run/.containerenv and
 # its /etc files): present up front, so nothing is ever written into the shared skeleton.
 ENGINE_FILES = ("etc/hosts", "etc/resolv.conf", "etc/hostname", "run/.containerenv",
-                "detain/channel")
+                GUEST_CHANNEL.lstrip("/"), GUEST_JOB_FIFO.lstrip("/"))
 BASE_DIRS = ("usr", "proc", "dev", "sys", "tmp", "run", "var/tmp", "dev/shm", "detain/job",
              GUEST_DIR.lstrip("/"), SCRATCH.lstrip("/"))
 # Only plain files the dynamic linker and libc read; nothing here varies per run.

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DetainError
+from ..paths import state_dir
 
 CLEANERS: dict[str, Callable[[Any], None]] = {}
 JOURNAL = "journal"
@@ -50,19 +51,12 @@ def _cleaner_for(kind: str, module: str) -> Callable[[Any], None] | None:
 
 
 def base_dir() -> Path:
-    """`$DETAIN_STATE_DIR`, else /run/detain for root, else /tmp/detain-<uid>.
+    """The state dir (paths.state_dir), created if needed and checked to be ours.
 
-    Root keeps state out of /tmp so the process backend can hide every world-writable dir
-    from the job. The dir must be ours and not a symlink (/tmp is shared), mode 0711 so a
-    sandbox uid can reach its own run's files but list nobody's.
+    The dir must be ours and not a symlink (/tmp is shared), mode 0711 so a sandbox uid can
+    reach its own run's files but list nobody's.
     """
-    configured = os.environ.get("DETAIN_STATE_DIR")
-    if configured:
-        path = Path(configured)
-    elif os.geteuid() == 0 and os.path.isdir("/run"):
-        path = Path("/run/detain")
-    else:
-        path = Path(tempfile.gettempdir()) / f"detain-{os.geteuid()}"
+    path = Path(state_dir())
     try:
         path.mkdir(mode=0o711, exist_ok=True)
         info = os.lstat(path)

@@ -176,16 +176,23 @@ def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr
 READY = b'{"type":"ready"}\n'
 
 
-def await_ready(channel: int, timeout: float) -> bool:
+def await_ready(proc: subprocess.Popen, channel: int, timeout: float) -> bool:
     """Wait for a launcher started ahead of its job to say it waits (`--ready`).
 
     Only that line can come before the job is sent (nothing untrusted has run), so this
-    reads at most its length; anything else, EOF (the sandbox died) or the timeout returns
-    False, and supervising the run reports what happened."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(channel, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return False
+    reads at most its length; anything else, EOF, the sandbox's exit (an engine that
+    failed before its container ran) or the timeout returns False, and supervising the
+    run then reports what happened."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(channel, selectors.EVENT_READ, channel)
+            sel.register(pidfd, selectors.EVENT_READ, pidfd)
+            ready = [key.data for key, _ in sel.select(timeout)]
+    finally:
+        os.close(pidfd)
+    if channel not in ready:
+        return False
     try:
         return os.read(channel, len(READY)) == READY
     except OSError:

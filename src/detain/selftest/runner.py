@@ -104,7 +104,8 @@ def _execute(attack: Attack, target: Target, bait: Bait) -> Outcome:
     started = time.monotonic()
     result = error = None
     try:
-        result = target.backend.run(job, policy, stdout=watch.sink if watch else None)
+        result = target.backend.run(job, policy, stdout=watch.sink if watch else None,
+                                    label=bait.tag)
     except DetainError as exc:
         error = str(exc)
     if watch and watch.failure is not None:

@@ -21,6 +21,9 @@ from ..guest import LAUNCHER
 
 class WeakBwrapBackend(BwrapBackend):
     name = "bwrap-weak"
+    # Started with its job on the command line, as the caller's environment must reach
+    # the job unchanged (a launcher started ahead would get the policy's in its message).
+    warm = False
 
     @property
     def level(self) -> int:

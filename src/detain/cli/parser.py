@@ -1,0 +1,36 @@
+"""The `detain` argument parser: one module per sub-command, each with `register`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .. import __version__
+from ..errors import EXIT_DETAIN_ERROR
+
+COMMANDS = ("run", "doctor", "setup", "selftest", "scan", "package", "pytest", "serve")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where to look."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_DETAIN_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="detain",
+        description="Run untrusted Python in a disposable sandbox and see what it did.")
+    parser.add_argument("--version", action="version", version=f"detain {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=OneLineParser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}_cmd":
+                continue
+            raise
+        module.register(subparsers)
+    return parser

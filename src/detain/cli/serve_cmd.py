@@ -1,0 +1,200 @@
+"""`detain serve`: keep warm sandboxes so that `detain run` starts in milliseconds.
+
+A `detain run` started while this server listens hands it the command (cli/client.py)
+instead of importing detain and starting a sandbox itself. The server runs the very same
+`detain run` code, in the client's working directory, writing to the client's own stdin,
+stdout and stderr, on a spare sandbox started ahead for that policy (pool.py); every run
+still gets a fresh sandbox. Requests are served one at a time, in arrival order.
+
+Only the user running the server can reach it: the socket lives in that user's state dir
+(mode 0600) and each connection's peer uid is checked. Runs use the server's environment
+(DETAIN_* variables, PATH for the engines), not the client's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+
+from ..errors import EXIT_DETAIN_ERROR, DetainError
+from ..paths import server_socket
+from .client import MAGIC
+
+BODY_CAP = 8 << 20  # a command line is at most a few MiB (ARG_MAX)
+REQUEST_TIMEOUT = 10.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="keep warm sandboxes so that `detain run` starts fast",
+        description="Listen for `detain run` commands of this user and run each on a "
+        "sandbox started ahead of it. Stops on Ctrl-C or SIGTERM, removing its spares. "
+        "Set DETAIN_NO_SERVER=1 for a `detain run` that should not use it.")
+    parser.add_argument("--warm", metavar="N", type=_spares, default=1,
+                        help="spare sandboxes kept ready per policy (default 1)")
+    parser.set_defaults(handler=execute)
+
+
+def _spares(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"expected a number of spares from 1 to 16, "
+                                         f"got {value!r}")
+    return int(value)
+
+
+def execute(args: argparse.Namespace) -> int:
+    from ..host.rundir import base_dir
+    from ..pool import SandboxPool
+    from .parser import build_parser
+
+    base_dir()  # created, and checked to be ours, before a socket goes in it
+    path = server_socket()
+    listener = _listen(path)
+    inode = os.lstat(path).st_ino
+    pool = SandboxPool(warm=args.warm)
+    parser = build_parser()
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"detain serve: listening on {path} ({args.warm} warm spare(s) per policy); "
+          "Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        while not stopping:
+            try:
+                conn, _ = listener.accept()
+            except KeyboardInterrupt:
+                break
+            with conn:
+                _serve(conn, parser, pool)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _unlisten(listener, path, inode)
+        pool.close()
+    print("detain serve: stopped; its spares were removed", file=sys.stderr)
+    return 0
+
+
+def _listen(path: str) -> socket.socket:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        pass
+    else:
+        raise DetainError(f"another detain serve is already listening on {path}; stop it "
+                          "first")
+    finally:
+        probe.close()
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket left by a server that was killed
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(path)
+    except OSError as exc:
+        listener.close()
+        raise DetainError(f"cannot listen on {path}: {exc.strerror}; set DETAIN_STATE_DIR "
+                          "to a directory of your own") from None
+    finally:
+        os.umask(old_umask)
+    listener.listen(16)
+    return listener
+
+
+def _unlisten(listener: socket.socket, path: str, inode: int) -> None:
+    """Remove the socket, unless another server has replaced it meanwhile."""
+    listener.close()
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _serve(conn: socket.socket, parser: argparse.ArgumentParser, pool) -> None:
+    """One request: check who asks, read it, run it, answer with the exit status."""
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    if uid != os.geteuid():
+        return
+    fds: list[int] = []
+    try:
+        conn.settimeout(REQUEST_TIMEOUT)
+        head, fds, _, _ = socket.recv_fds(conn, len(MAGIC) + 4, 3)
+        if len(fds) != 3 or len(head) != len(MAGIC) + 4 or not head.startswith(MAGIC):
+            return
+        size = int.from_bytes(head[len(MAGIC):], "big")
+        if size > BODY_CAP:
+            return
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(min(size - len(body), 1 << 20))
+            if not chunk:
+                return
+            body += chunk
+        conn.settimeout(None)
+        cwd, *argv = body.decode("utf-8", "surrogateescape").split("\0")
+        status = _run(parser, pool, cwd, argv, fds, conn.fileno())
+        conn.sendall(status.to_bytes(4, "big", signed=True))
+    except OSError:
+        pass  # the client went away: its run was cancelled, nobody waits for an answer
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _run(parser: argparse.ArgumentParser, pool, cwd: str, argv: list[str], fds: list[int],
+         cancel: int) -> int:
+    """`detain ARGV` as the client would have run it: its cwd, its stdin/stdout/stderr."""
+    from .main import dispatch
+
+    here = os.getcwd()
+    saved = sys.stdin, sys.stdout, sys.stderr
+    streams = [open(fds[0], encoding="utf-8", closefd=False),
+               open(fds[1], "w", encoding="utf-8", errors="backslashreplace", closefd=False),
+               open(fds[2], "w", encoding="utf-8", errors="backslashreplace", closefd=False)]
+    sys.stdin, sys.stdout, sys.stderr = streams
+    try:
+        os.chdir(cwd)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # a usage error or --help, already printed
+            return exc.code if isinstance(exc.code, int) else EXIT_DETAIN_ERROR
+        args.pool, args.cancel = pool, cancel
+        return dispatch(parser, args)
+    except OSError as exc:
+        _say(f"detain: error: {cwd}: {exc.strerror}; run from a directory that exists")
+        return EXIT_DETAIN_ERROR
+    except Exception as exc:  # a bug in detain: the server keeps serving
+        _say(f"detain: error: detain serve failed on this command ({type(exc).__name__}: "
+             f"{exc}); set DETAIN_NO_SERVER=1 to run it without the server")
+        return EXIT_DETAIN_ERROR
+    finally:
+        for stream in streams:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdin, sys.stdout, sys.stderr = saved
+        os.chdir(here)
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
