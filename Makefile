@@ -44,7 +44,7 @@ test: system-deps $(VENV)/.installed-test lint setup-backends
 test-all: system-deps $(VENV)/.installed-test lint setup-backends
 	DETAIN_TEST_EVERY_CASE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make soak: the long reliability runs (2,000 runs, concurrency, faults)
+## make soak: the long reliability runs (2,000 runs cold and 2,000 on warm spares)
 soak: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m soak -p no:randomly $(PYTEST_ARGS)
 

@@ -66,11 +66,12 @@ CODES = [("print('ok')", b"ok\n"),
           b"forked\n")]
 
 
-def _soak(runs: int, state_dir: Path) -> None:
+def _soak(runs: int, state_dir: Path, warm: int = 0) -> None:
     name = _default_backend()
-    box = detain.Sandbox(Policy().merge({"backend": name, "timeout": 30}, "soak"))
+    box = detain.Sandbox(Policy().merge({"backend": name, "timeout": 30}, "soak"), warm=warm)
     for code, _ in CODES * 3:  # warm caches (seccomp filter, images) before the baseline
         box.run(detain.Job.code(code))
+    box.wait_warm()
     time.sleep(0.3)
     before = _footprint(state_dir)
     times = []
@@ -80,11 +81,13 @@ def _soak(runs: int, state_dir: Path) -> None:
         result = box.run(detain.Job.code(code))
         times.append(time.monotonic() - started)
         assert result.error is None and result.stdout == expected, (number, result.error)
+    box.wait_warm()
     time.sleep(0.5)
     after = _footprint(state_dir)
+    box.close()
     tenth = max(1, runs // 10)
     trend = [statistics.median(times[i:i + tenth]) * 1000 for i in range(0, runs, tenth)]
-    print(f"\n{runs} runs on {name}: median ms per tenth: "
+    print(f"\n{runs} runs on {name} ({warm} warm spares): median ms per tenth: "
           + " ".join(f"{ms:.0f}" for ms in trend))
     print(f"footprint before {before}\nfootprint after  {after}")
     grown = {k: (before[k], after[k]) for k in before if after[k] > before[k]
@@ -99,8 +102,9 @@ def test_short_soak_leaks_nothing(state_dir):
 
 
 @pytest.mark.soak
-def test_soak_2000_runs(state_dir):
-    _soak(2000, state_dir)
+@pytest.mark.parametrize("warm", [0, 2])
+def test_soak_2000_runs(state_dir, warm):
+    _soak(2000, state_dir, warm)
 
 
 PARALLEL = 32

@@ -157,3 +157,15 @@ def test_a_hundred_warm_runs_leak_nothing(state_dir):
         assert threading.active_count() == threads
         assert len([p for p in state_dir.iterdir() if p.name.startswith("run-")]) == 2
     assert leftovers(state_dir) == {}
+
+
+def test_a_spare_that_cannot_start_fails_the_run_with_the_reason(tmp_path):
+    """A policy the backend refuses (no mount namespace for --mount) is an error on every
+    run, not a hang and not a silent run without the mount."""
+    require("process")
+    with box_for("process", mount=[f"{tmp_path}:/mnt/data"]) as box:
+        assert not box.wait_warm(timeout=30)
+        assert isinstance(box.warm_error, detain.DetainError)
+        for _ in range(2):
+            with pytest.raises(detain.DetainError, match="--mount cannot be honoured"):
+                box.run(detain.Job.code("pass"))

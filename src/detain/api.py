@@ -73,6 +73,7 @@ class Sandbox:
         started = self._take_spare()
         if started is None:
             started = self.backend.start(self.policy, None if self.backend.warm else job)
+            self.warm_error = None  # this one started: spares may start again
         try:
             return self.backend.finish(started, job, stdout=stdout, stderr=stderr,
                                        cancel=cancel, defer=self._defer if self.warm else None)
@@ -81,7 +82,7 @@ class Sandbox:
 
     def wait_warm(self, timeout: float = 30.0) -> bool:
         """Block until every spare is ready and the last runs' remains are removed (True),
-        or starting a spare failed, or `timeout` passed."""
+        or starting a spare failed (`warm_error` says why), or `timeout` passed."""
         self._keep_warm()
         with self._state:
             self._state.wait_for(
@@ -127,8 +128,10 @@ class Sandbox:
         return spare
 
     def _keep_warm(self) -> None:
+        """Start as many spares as are missing; none while starting them fails (a run
+        started cold then reports why, and its success lets spares start again)."""
         with self._state:
-            if self._closed:
+            if self._closed or self.warm_error is not None:
                 return
             wanted = self.warm - len(self._spares) - self._pending
             self._pending += max(0, wanted)
@@ -136,7 +139,7 @@ class Sandbox:
             _worker("spawner").put(self._start_spare)
 
     def _defer(self, remove: Callable[[], None]) -> None:
-        """Remove a finished run's remains on the spawner thread, after its result."""
+        """Remove a finished run's remains on the remover thread, after its result."""
         def task() -> None:
             try:
                 remove()

@@ -32,11 +32,16 @@ def main(argv: list[str] | None = None) -> int:
             return served
     import signal
 
-    from .parser import build_parser
-
     signal.signal(signal.SIGTERM, _terminate)
-    parser = build_parser()
-    return dispatch(parser, parser.parse_args(argv))
+    try:
+        from .parser import build_parser
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # before any sandbox exists: nothing to remove
+        print("detain: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return dispatch(parser, args)
 
 
 def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
