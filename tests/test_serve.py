@@ -167,3 +167,15 @@ def test_serve_help_names_the_opt_out():
                           capture_output=True, timeout=60)
     assert done.returncode == 0
     assert b"DETAIN_NO_SERVER" in done.stdout
+
+
+def test_a_closed_stdin_runs_without_the_server(served):
+    """A closed standard stream cannot be handed over: the client runs the job itself."""
+    require("process")
+    env, server, _ = served
+    done = subprocess.run([sys.executable, "-m", "detain", "run", "--backend", "process",
+                           "--min-level", "1", "-c", "import os; print(os.getppid())"],
+                          env=env, capture_output=True, timeout=120,
+                          preexec_fn=lambda: os.close(0))
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) != server.pid

@@ -35,6 +35,11 @@ def run_through_server(argv: list[str]) -> int | None:
     """The exit status of `detain ARGV` as run by the server, or None without a server."""
     if os.environ.get("DETAIN_NO_SERVER"):
         return None
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:  # a closed standard stream cannot be passed on: run here
+        return None
     path = server_socket()
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)

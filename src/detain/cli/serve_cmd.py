@@ -53,10 +53,6 @@ def execute(args: argparse.Namespace) -> int:
     from .parser import build_parser
 
     base_dir()  # created, and checked to be ours, before a socket goes in it
-    path = server_socket()
-    listener = _listen(path)
-    inode = os.lstat(path).st_ino
-    pool = SandboxPool(warm=args.warm)
     parser = build_parser()
     stopping: list[int] = []
 
@@ -64,18 +60,21 @@ def execute(args: argparse.Namespace) -> int:
         stopping.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    print(f"detain serve: listening on {path} ({args.warm} warm spare(s) per policy); "
-          "Ctrl-C stops it", file=sys.stderr, flush=True)
+    path = server_socket()
+    pool = SandboxPool(warm=args.warm)
+    listener = _listen(path)
+    inode = os.lstat(path).st_ino
     try:
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        print(f"detain serve: listening on {path} ({args.warm} warm spare(s) per policy); "
+              "Ctrl-C stops it", file=sys.stderr, flush=True)
         while not stopping:
-            try:
-                conn, _ = listener.accept()
-            except KeyboardInterrupt:
-                break
+            conn, _ = listener.accept()
             with conn:
                 _serve(conn, parser, pool)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or SIGTERM while waiting (a request in hand was cancelled by it)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -169,16 +168,17 @@ def _run(parser: argparse.ArgumentParser, pool, cwd: str, argv: list[str], fds: 
                open(fds[2], "w", encoding="utf-8", errors="backslashreplace", closefd=False)]
     sys.stdin, sys.stdout, sys.stderr = streams
     try:
-        os.chdir(cwd)
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            _say(f"detain: error: {cwd}: {exc.strerror}; run from a directory that exists")
+            return EXIT_DETAIN_ERROR
         try:
             args = parser.parse_args(argv)
         except SystemExit as exc:  # a usage error or --help, already printed
             return exc.code if isinstance(exc.code, int) else EXIT_DETAIN_ERROR
         args.pool, args.cancel = pool, cancel
         return dispatch(parser, args)
-    except OSError as exc:
-        _say(f"detain: error: {cwd}: {exc.strerror}; run from a directory that exists")
-        return EXIT_DETAIN_ERROR
     except Exception as exc:  # a bug in detain: the server keeps serving
         _say(f"detain: error: detain serve failed on this command ({type(exc).__name__}: "
              f"{exc}); set DETAIN_NO_SERVER=1 to run it without the server")
