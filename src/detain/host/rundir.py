@@ -118,10 +118,7 @@ class RunDir:
 
 
 def release(path: Path, state: dict[str, list]) -> None:
-    """Remove everything a run created: resources in reverse order, then the dir itself.
-
-    When a resource resists, the dir and its journal stay, so the next start's sweep
-    tries again once this process has let go of the lock."""
+    """Remove everything a run created: resources in reverse order, then the dir itself."""
     errors = []
     for kind in reversed(list(state)):
         for value in reversed(state[kind]):
@@ -129,10 +126,9 @@ def release(path: Path, state: dict[str, list]) -> None:
                 CLEANERS[kind](value)
             except Exception as exc:  # keep going: one stuck resource must not leak the rest
                 errors.append(f"{kind} {value}: {exc}")
-    if errors:
-        raise DetainError("cleanup was incomplete (the next start retries): "
-                          + "; ".join(errors))
     _remove_tree(path)
+    if errors:
+        raise DetainError("cleanup was incomplete: " + "; ".join(errors))
 
 
 def _remove_tree(path: Path) -> None:
