@@ -137,7 +137,6 @@ class Started:
     """A run whose sandbox process exists: waiting for its job, or (a backend that needs
     the job to launch) already given it. Owns the run dir and every fd until released."""
 
-    backend: Backend
     policy: Policy
     run: rundir.RunDir
     host_fds: list[int] = field(default_factory=list)  # the channel's read end first
@@ -205,6 +204,10 @@ class Backend:
         """HOME inside: the scratch dir, as the sandbox sees it."""
         return SCRATCH
 
+    def guest_environment(self, ctx: RunContext) -> dict[str, str]:
+        """The job's whole environment, wherever a backend hands it over (launch or message)."""
+        return ctx.guest_env(home=self.guest_home(ctx))
+
     def job_pipe(self, ctx: RunContext) -> tuple[str, int, int | None]:
         """Where a launcher started ahead reads its job: (the guest's name for it, the
         host's write end, an fd the sandbox inherits or None). A pipe the child inherits."""
@@ -237,7 +240,7 @@ class Backend:
         started = None
         try:
             read_fd, write_fd = os.pipe()
-            started = Started(self, policy, run, host_fds=[read_fd], child_fds=[write_fd])
+            started = Started(policy, run, host_fds=[read_fd], child_fds=[write_fd])
             ctx = started.ctx = self._prepare(job, policy, run, write_fd)
             ctx.label = label
             if policy.allow_hosts:  # the proxy's code loads only for runs that use it
@@ -325,7 +328,7 @@ class Backend:
         self.accept(ctx, job)
         ctx.job = job
         self._stage_script(job, ctx.job_dir)
-        message = launcher_message(ctx.launcher_args(), ctx.guest_env(self.guest_home(ctx)))
+        message = launcher_message(ctx.launcher_args(), self.guest_environment(ctx))
         fd, started.job_fd = started.job_fd, None
         try:
             view = memoryview(message)

@@ -147,7 +147,7 @@ class BwrapBackend(Backend):
                      setup.remap(str(mount.host), staged), mount.sandbox]
         seccomp_fd = os.open(seccomp.filter_path(), os.O_RDONLY)
         args += ["--remount-ro", "/", "--chdir", SCRATCH, "--clearenv"]
-        for key, value in ctx.guest_env(home=self.guest_home(ctx)).items():
+        for key, value in self.guest_environment(ctx).items():
             args += ["--setenv", key, value]
         args += ["--seccomp", str(seccomp_fd), "--"]
         args += ctx.guest_command(interp.executable, GUEST_LAUNCHER, GUEST_JOB)

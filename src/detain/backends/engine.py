@@ -44,7 +44,7 @@ class EngineBackend(ContainerBackend):
     def wrap(self, ctx: RunContext, command: list[str]) -> list[str]:
         """Engines add variables of their own (HOSTNAME, container=podman) that no flag
         removes, so the launcher starts through `env -i` with exactly the policy's."""
-        env = [f"{k}={v}" for k, v in ctx.guest_env(home=SCRATCH).items()]
+        env = [f"{k}={v}" for k, v in self.guest_environment(ctx).items()]
         return ["/usr/bin/env", "-i", *env, *command]
 
     def container_launch(self, ctx: RunContext, binds: list[Bind], command: list[str],

@@ -147,7 +147,7 @@ class GvisorBackend(ContainerBackend):
             "ociVersion": "1.0.2",
             "process": {"terminal": False, "user": {"uid": user[0], "gid": user[1]},
                         "args": command, "cwd": SCRATCH, "capabilities": caps,
-                        "env": [f"{k}={v}" for k, v in ctx.guest_env(home=SCRATCH).items()],
+                        "env": [f"{k}={v}" for k, v in self.guest_environment(ctx).items()],
                         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": lim.open_files,
                                      "soft": lim.open_files}],
                         "noNewPrivileges": True},

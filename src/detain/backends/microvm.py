@@ -137,7 +137,7 @@ class MicroVMBackend(Backend):
         assert command[:len(prefix)] == prefix  # the saved VM started exactly this prefix
         blobs = {"seed": os.urandom(64), "stdin": stdin or b"", "script": b"",
                  "launcher": launcher_message(command[len(prefix):],
-                                                      ctx.guest_env(home=SCRATCH)),
+                                                      self.guest_environment(ctx)),
                  "mounts": transfer.pack_mounts(ctx.policy.mounts, lim.disk_bytes)
                  if ctx.policy.mounts else b""}
         if ctx.job.kind == "script":

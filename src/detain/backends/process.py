@@ -43,7 +43,7 @@ class ProcessBackend(Backend):
         python = setup.remap(interp.executable, staged)
         launcher = setup.remap(str(LAUNCHER), staged)
         return Launch(ctx.guest_command(python, launcher, str(ctx.job_dir)),
-                      env=ctx.guest_env(home=self.guest_home(ctx)), cwd=str(ctx.scratch))
+                      env=self.guest_environment(ctx), cwd=str(ctx.scratch))
 
     def guest_home(self, ctx: RunContext) -> str:
         return str(ctx.scratch)  # no mount namespace: the host path is the sandbox's
