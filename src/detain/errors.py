@@ -8,8 +8,17 @@ EXIT_DETAIN_ERROR = 2  # detain's own error: bad input, no backend, a sandbox th
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, after the sandbox was removed
 
 
+_CONTROL = {i: "\\x%02x" % i for i in (*range(32), 127)}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
 class DetainError(Exception):
     """A problem with the user's input or host that detain can explain in one line."""
+
+    def __str__(self) -> str:
+        """One line even when the message quotes input with control characters in it (a
+        path holding a newline), escaped so that the input still shows."""
+        return super().__str__().translate(_CONTROL)
 
 
 class PolicyError(DetainError):
