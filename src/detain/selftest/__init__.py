@@ -11,14 +11,16 @@ from collections.abc import Iterable
 
 from ..backends import BACKENDS, load, probe
 from ..errors import DetainError
-from . import probes_fs, probes_net, probes_priv, probes_proc, probes_py, probes_res
+from . import (probes_config, probes_fs, probes_net, probes_output, probes_priv, probes_proc,
+               probes_py, probes_res, probes_tree)
 from .bait import Session
 from .model import GROUPS, PROBES, Probe, Verdict
 from .runner import OnVerdict, Target, TargetReport, run_target
 
 __all__ = ["GROUPS", "PROBES", "Probe", "Target", "TargetReport", "Verdict", "resolve",
            "run_battery"]
-assert probes_fs and probes_net and probes_priv and probes_proc and probes_py and probes_res
+assert (probes_config and probes_fs and probes_net and probes_output and probes_priv
+        and probes_proc and probes_py and probes_res and probes_tree)
 
 
 def resolve(names: Iterable[str] | None = None) -> tuple[list[Target], dict[str, str]]:
