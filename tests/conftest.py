@@ -69,6 +69,7 @@ def state_dir():
     base = Path("/run" if ROOT else "/tmp") / f"detain-test-{os.getpid()}"
     base.mkdir(mode=0o711, exist_ok=True)
     os.environ["DETAIN_STATE_DIR"] = str(base)
+    os.environ["DETAIN_CONFIG"] = ""  # a developer's own policy.toml must not change the suite
     yield base
     shutil.rmtree(base, ignore_errors=True)
 

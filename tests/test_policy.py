@@ -3,8 +3,9 @@
 import pytest
 
 from conftest import detain_cli
+from detain.config import load_policy
 from detain.errors import PolicyError
-from detain.policy import CopyOut, Mount, Policy, load_policy
+from detain.policy import CopyOut, Mount, Policy
 
 
 def test_defaults_are_safe():
@@ -16,12 +17,13 @@ def test_defaults_are_safe():
     assert policy.interpreter_flags == ("-I", "-S", "-X", "dev", "-W", "error")
 
 
-def test_precedence_pyproject_then_file_then_cli(tmp_path):
-    (tmp_path / "pyproject.toml").write_text(
-        '[tool.detain]\ntimeout = 7\nmemory = "300M"\nprocesses = 10\n')
+def test_precedence_user_config_then_file_then_cli(tmp_path, monkeypatch):
+    user = tmp_path / "user.toml"
+    user.write_text('timeout = 7\nmemory = "300M"\nprocesses = 10\n')
+    monkeypatch.setenv("DETAIN_CONFIG", str(user))
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text('memory = "200M"\nprofile = "isolated"\n')
-    policy = load_policy(policy_file, {"processes": "5"}, project_dir=tmp_path)
+    policy = load_policy(policy_file, {"processes": "5"})
     assert policy.limits.wall_seconds == 7
     assert policy.limits.memory_bytes == 200 << 20
     assert policy.limits.processes == 5
@@ -89,10 +91,3 @@ def test_cli_refuses_below_min_level_and_says_how():
     assert b"--min-level 1" in done.stderr
     done = detain_cli("run", "--backend", "process", "--min-level", "1", "-c", "print(1)")
     assert done.returncode == 0 and done.stdout == b"1\n"
-
-
-def test_cli_pyproject_is_read_from_working_directory(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("[tool.detain]\ntimeout = 1\n")
-    done = detain_cli("run", "--backend", "bwrap", "-c", "import time; time.sleep(10)",
-                      cwd=tmp_path)
-    assert done.returncode == 124

@@ -67,11 +67,13 @@ def test_the_clients_directory_and_files(served, tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.detain]\ntimeout = 7\n")
     os.chmod(tmp_path, 0o755)
     os.chmod(tmp_path / "job.py", 0o644)
-    done = cli(env, "run", "--backend", "bwrap", "--json", "out.json", "job.py", cwd=tmp_path)
+    done = cli(env, "run", "--backend", "bwrap", "--project-config", "--json", "out.json",
+               "job.py", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["stdout"] == "from the script\n"
     assert result["policy"]["limits"]["timeout"] == 7
+    assert b"applied timeout = 7" in done.stderr
 
 
 def test_second_run_uses_a_warm_spare(served):

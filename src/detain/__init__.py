@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 __all__ = ["DetainError", "Job", "Policy", "Result", "Sandbox", "load_policy", "run"]
 
 _EXPORTS = {
-    "run": "api", "Sandbox": "api", "Policy": "policy", "load_policy": "policy", "Job": "job",
+    "run": "api", "Sandbox": "api", "Policy": "policy", "load_policy": "config", "Job": "job",
     "Result": "result", "DetainError": "errors",
 }
 
@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .api import Sandbox, run
+    from .config import load_policy
     from .errors import DetainError
     from .job import Job
-    from .policy import Policy, load_policy
+    from .policy import Policy
     from .result import Result
 
 

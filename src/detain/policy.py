@@ -1,8 +1,8 @@
 """The one declarative description of what a run may do.
 
-A Policy is built from defaults, then `[tool.detain]` in ./pyproject.toml, then a
-`--policy FILE.toml`, then CLI flags (the CLI wins). Every value is validated here, so
-backends can trust what they receive and a bad value becomes one clear line, not a traceback.
+Who may set which value, and in what order, is `config.py`'s job. Every value is validated
+here, so backends can trust what they receive and a bad value becomes one clear line, not a
+traceback.
 """
 
 from __future__ import annotations
@@ -32,12 +32,23 @@ SCRATCH = "/scratch"
 RESERVED = ("/", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc", "/dev", "/sys",
             "/tmp", "/detain", SCRATCH)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Separators of some engine's mount syntax (podman/docker `--mount k=v,k=v`, `-v a:b:ro`,
+# quoting): a sandbox path holding one could add options to a spec detain builds.
+_ENGINE_SYNTAX = frozenset(',:="\'\\')
 
 
 def sandbox_path(value: str, what: str) -> str:
-    """A normalised absolute path inside the sandbox; relative paths are under /scratch."""
+    """A normalised absolute path inside the sandbox; relative paths are under /scratch.
+
+    One rule for every backend: printable, no character any engine's mount syntax treats
+    as a separator, no '..', so the same path means the same place wherever it is passed.
+    """
     if not value or "\0" in value:
         raise PolicyError(f"{what}: empty or NUL-containing path {value!r}")
+    bad = sorted({c for c in value if c in _ENGINE_SYNTAX or not c.isprintable()})
+    if bad:
+        raise PolicyError(f"{what}: sandbox paths may not contain {' '.join(map(repr, bad))}; "
+                          "pick a plain path such as /mnt/input")
     path = value if value.startswith("/") else posixpath.join(SCRATCH, value)
     if ".." in path.split("/"):
         raise PolicyError(f"{what}: '..' is not allowed in sandbox paths ({value!r})")
@@ -369,23 +380,3 @@ def load_toml(path: Path, section: tuple[str, ...] = ()) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise PolicyError(f"{path}: [{'.'.join(section)}] must be a table")
     return data
-
-
-def load_policy(policy_file: str | os.PathLike | None = None,
-                overrides: Mapping[str, Any] | None = None,
-                project_dir: str | os.PathLike | None = ".") -> Policy:
-    """Defaults ← ./pyproject.toml [tool.detain] ← policy_file ← overrides (CLI)."""
-    policy = Policy()
-    if project_dir is not None:
-        pyproject = Path(project_dir) / "pyproject.toml"
-        if pyproject.is_file():
-            policy = policy.merge(load_toml(pyproject, ("tool", "detain")),
-                                  f"{pyproject} [tool.detain]")
-    if policy_file is not None:
-        path = Path(policy_file)
-        data = load_toml(path)
-        policy = policy.merge(data.get("tool", {}).get("detain", data) if "tool" in data else data,
-                              str(path))
-    if overrides:
-        policy = policy.merge(overrides, "command line")
-    return policy

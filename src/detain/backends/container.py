@@ -72,6 +72,7 @@ class ContainerBackend(Backend):
         binds += [Bind(str(m.host), m.sandbox, m.writable) for m in policy.mounts]
         for bind in binds:
             _check_path(bind.source)
+            _check_path(bind.target)
         python = "python3" if policy.image else ctx.interpreter.executable
         command = ctx.guest_command(python, GUEST_LAUNCHER, GUEST_JOB, channel=GUEST_CHANNEL)
         try:

@@ -50,7 +50,7 @@ def execute(args: argparse.Namespace) -> int:
         from ..scan import scan as static_scan
 
         scan = static_scan(path)
-    result = run_suite(path, pytest_args, policy_from_args(args),
+    result = run_suite(path, pytest_args, policy_from_args(args, path),
                        stdout=_stream(sys.stdout.buffer), stderr=_stream(sys.stderr.buffer))
     if args.json:
         _write_json(args.json, result.to_dict())

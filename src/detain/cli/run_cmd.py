@@ -32,7 +32,11 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-level", metavar="N", help="refuse backends below this level "
                        "(default 2; 0 none, 1 low, 2 medium, 3 high, 4 highest)")
     group.add_argument("--policy", metavar="FILE", help="a TOML policy file (overrides "
-                       "[tool.detain] in ./pyproject.toml; flags override both)")
+                       "your own ~/.config/detain/policy.toml; flags override both)")
+    group.add_argument("--project-config", action="store_true", help="also read "
+                       "[tool.detain] from the project's pyproject.toml, as untrusted input: "
+                       "it may only lower limits or set network = \"none\"; whatever else it "
+                       "says is refused and reported")
     group.add_argument("--profile", choices=("strict", "isolated"), help="interpreter flags: "
                        "strict = -I -S -X dev -W error (default), isolated = -I")
     group.add_argument("--python", metavar="PATH", help="interpreter to run inside "
@@ -66,8 +70,9 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         limits.add_argument(flag, metavar=metavar, help=text)
 
 
-def policy_from_args(args: argparse.Namespace):
-    from ..policy import load_policy
+def policy_from_args(args: argparse.Namespace, project_dir: str = "."):
+    """The caller's policy; with --project-config, tightened by `project_dir`'s table."""
+    from ..config import configure
 
     overrides: dict[str, Any] = {
         "backend": args.backend, "min_level": args.min_level, "profile": args.profile,
@@ -79,7 +84,16 @@ def policy_from_args(args: argparse.Namespace):
     for flag, _, _ in LIMIT_FLAGS:
         name = flag[2:].replace("-", "_")
         overrides[name] = getattr(args, name)
-    return load_policy(args.policy, overrides)
+    policy, project = configure(args.policy, overrides, project_dir=(
+        project_dir if getattr(args, "project_config", False) else None))
+    if project is not None:
+        print(f"detain: {_terminal_line(project.describe())}", file=sys.stderr)
+    return policy
+
+
+def _terminal_line(text: str) -> str:
+    """Text from a project's files, made safe to print: every control character escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def add_report_options(parser: argparse.ArgumentParser) -> None:

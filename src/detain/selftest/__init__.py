@@ -11,8 +11,17 @@ from collections.abc import Iterable
 
 from ..backends import BACKENDS, load, probe
 from ..errors import DetainError
-from . import (probes_config, probes_fs, probes_net, probes_output, probes_priv, probes_proc,
-               probes_py, probes_res, probes_tree)
+from . import (
+    probes_config,
+    probes_fs,
+    probes_net,
+    probes_output,
+    probes_priv,
+    probes_proc,
+    probes_py,
+    probes_res,
+    probes_tree,
+)
 from .bait import Session
 from .model import GROUPS, PROBES, Probe, Verdict
 from .runner import OnVerdict, Target, TargetReport, run_target

@@ -25,7 +25,7 @@ GROUPS = {
     "privileges": "uid 0, setuid binaries, capabilities, new namespaces, kernel "
                   "interfaces the seccomp filter should deny",
     "python": "PYTHON* variables, user site and .pth files, script-dir shadowing, "
-              "tampering with the launcher's event channel",
+              "tampering with the launcher's event channel, a project's own config",
 }
 READY = "DETAIN-SELFTEST-READY"
 WAIT_SECONDS = 2.0  # how long a job waits for the host to look, when the host cannot say
@@ -70,7 +70,8 @@ class Attack:
     `observe` runs on the host while the job waits after printing READY (it blocks on
     stdin until the host has looked), so live state — processes, fds, namespaces, files
     in the sandbox's tmpfs — is judged from outside. `mounts` are host dirs shown at the
-    same path inside, on backends that can mount.
+    same path inside, on backends that can mount. `project` is a host dir whose
+    pyproject.toml the run reads as `--project-config` would (untrusted, tighten-only).
     """
 
     code: str
@@ -79,6 +80,7 @@ class Attack:
     observe: Callable[[], Any] | None = None
     script: str | None = None
     mounts: tuple[str, ...] = ()
+    project: str | None = None
     follow_up: Attack | None = None
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import configure
 from ..errors import DetainError
 from ..job import Job
 from ..policy import Policy
@@ -95,7 +96,7 @@ def _execute(attack: Attack, target: Target, bait: Bait) -> Outcome:
     settings: dict[str, Any] = {"timeout": DEFAULT_TIMEOUT, **attack.settings}
     if attack.mounts and target.mounts:
         settings["mount"] = list(attack.mounts)
-    policy = Policy().merge(settings, "selftest")
+    policy, _ = configure(overrides=settings, user_config=False, project_dir=attack.project)
     watch = _Watch(attack, bait.tag) if attack.observe is not None else None
     if attack.script is not None:
         job = Job.script(attack.script, bait.tag)
