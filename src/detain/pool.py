@@ -1,6 +1,6 @@
 """Warm Sandboxes kept per policy, for a long-lived process such as `detain serve`.
 
-Each request may bring its own policy (flags, a policy file, the caller's pyproject.toml),
+Each request may bring its own policy (flags, a policy file, the user's config),
 so one warm Sandbox is kept for each of the few policies seen last; a new policy's first
 run starts cold and leaves spares for the next run with the same policy. A spare is
 bound to the policy it was confined for, so a policy is only ever served by its own.
