@@ -49,13 +49,16 @@ def _readable_by(user: str, path: str) -> bool:
 
 
 def run_tests_as_user(keyword: str, tests: list[str], *, subids: bool = False,
-                      timeout: int = 900) -> str:
-    """Run `pytest -k keyword tests…` as the user; fails on any failure or skip."""
+                      timeout: int = 900, home_base: str | None = None) -> str:
+    """Run `pytest -k keyword tests…` as the user; fails on any failure or skip.
+
+    `home_base`: where the user's temporary home goes (default /tmp); the battery needs
+    one outside /tmp, which sandboxes replace, to show its bait dir at the same path."""
     python = reachable_python()
     if python is None:
         pytest.skip("no interpreter of this version outside /root for an ordinary user")
     user = ensure_user(subids)
-    home = Path(tempfile.mkdtemp(prefix="detain-unpriv-home-"))
+    home = Path(tempfile.mkdtemp(prefix="detain-unpriv-home-", dir=home_base))
     os.chmod(home, 0o755)
     shutil.chown(home, user, user)
     try:

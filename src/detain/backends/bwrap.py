@@ -26,6 +26,10 @@ from .base import SANDBOX_UID, Backend, Launch, RunContext
 ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf",
              "alternatives", "ssl", "mime.types")
+# /proc files a pid namespace does not make private: the keys of the job's uid (the
+# caller's own when unprivileged) and kernel state; masked as podman masks them.
+MASKED_PROC = ("/proc/keys", "/proc/key-users", "/proc/timer_list", "/proc/sched_debug",
+               "/proc/kcore", "/proc/latency_stats")
 GUEST_DIR = "/detain/guest"
 GUEST_LAUNCHER = f"{GUEST_DIR}/launcher.py"
 GUEST_JOB = "/detain/job"
@@ -134,8 +138,11 @@ class BwrapBackend(Backend):
             args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
         for directory in interp.bind_dirs:
             args += ["--ro-bind", setup.remap(directory, staged), directory]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/tmp",
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for path in MASKED_PROC:
+            if os.path.exists(path):
+                args += ["--ro-bind", "/dev/null", path]
+        args += ["--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/tmp",
                  "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/dev/shm",
                  "--ro-bind", setup.remap(str(LAUNCHER.parent), staged), GUEST_DIR,
                  "--ro-bind", str(ctx.job_dir), GUEST_JOB,

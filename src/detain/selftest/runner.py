@@ -157,9 +157,9 @@ def _survivors(tag: str) -> str | None:
 
 def supports_mounts(target: Target, session: Session) -> bool:
     """Whether the backend can show a host dir inside (some have no mount namespace)."""
-    policy = Policy().merge({"mount": [f"{session.root}:{session.root}"],
-                             "timeout": DEFAULT_TIMEOUT}, "selftest")
     try:
+        policy = Policy().merge({"mount": [f"{session.root}:{session.root}"],
+                                 "timeout": DEFAULT_TIMEOUT}, "selftest")
         result = target.backend.run(Job.code("pass"), policy)
     except DetainError:
         return False
