@@ -20,4 +20,5 @@ def test_battery_as_unprivileged_user(backend):
 @pytest.mark.slow
 @pytest.mark.skipif(not ROOT, reason="creating a user needs root")
 def test_battery_on_rootless_podman():
-    run_tests_as_user("battery_on_every_backend and podman", [BATTERY], subids=True, home_base=HOME_BASE)
+    run_tests_as_user("battery_on_every_backend and podman", [BATTERY], subids=True,
+                      home_base=HOME_BASE)

@@ -6,8 +6,10 @@ backend's (isolated mode, empty environment, rlimits, own session, cgroups and a
 when detain is root), and right before exec the child enforces a Landlock ruleset
 (read-only system and interpreter paths, read-write scratch only, no TCP bind/connect,
 signals and abstract sockets scoped to the sandbox) and a seccomp filter that closes what
-Landlock leaves open without a network or IPC namespace (every other socket family and
-type, SysV/POSIX IPC, ptrace, mounts, ...). detain's own process is never restricted.
+Landlock leaves open without a network or IPC namespace (socket() of every family,
+datagram socketpairs, SysV/POSIX IPC, ptrace, mounts, ...). detain's own process is never
+restricted. The network is always "none" here: an allow-list needs the proxy inside a
+network namespace of the sandbox's own, so asking for one on this backend is an error.
 
 Unprivileged, the job keeps your uid, so signal scoping (Landlock ABI 6) is what stops it
 from signalling your other processes: below ABI 6 this backend requires root.
@@ -46,7 +48,7 @@ class LandlockBackend(ProcessBackend):
                                 "processes (scoping needs ABI 6, Linux 6.12+); run detain as "
                                 "root or use bwrap", f"ABI {level}")
         try:
-            seccomp.filter_path(host_namespaces=True, tcp=level >= landlock.NET_ABI)
+            seccomp.filter_path(host_namespaces=True)
         except ProtectionError as exc:
             return Probe(False, str(exc), f"ABI {level}")
         return Probe(True, version=f"ABI {level}",
@@ -80,9 +82,13 @@ class LandlockBackend(ProcessBackend):
 
 
 def _network(level: int) -> str:
+    """What holds on the host's network: no socket can exist to connect or listen with."""
+    held = ("none: seccomp denies socket() for every family and type, so nothing can "
+            "connect, send, listen or accept; only AF_UNIX stream/seqpacket socketpairs "
+            "between the job's own processes")
     if level >= landlock.NET_ABI:
-        return "TCP bind/connect denied by Landlock; every other socket denied by seccomp"
-    return "every socket but socketpair(AF_UNIX) denied by seccomp"
+        held += "; Landlock also denies TCP bind/connect"
+    return held
 
 
 BACKEND = LandlockBackend()

@@ -8,7 +8,9 @@ sees through a staging bind mount is covered by the rule made on its source.
 Every filesystem right the kernel knows is handled (denied unless granted), TCP bind and
 connect are handled with no port allowed (ABI >= 4), and the domain is scoped (ABI >= 6) so
 the job can neither signal processes outside it nor reach abstract UNIX sockets. What
-Landlock does not cover is closed by the `host_namespaces` seccomp filter.
+Landlock does not cover is closed by the `host_namespaces` seccomp filter, which lets the
+job create no socket at all: Landlock's TCP rules miss MSG_FASTOPEN and listen(), so they
+are only a second wall.
 
 The bindings are landlockpy: dependency-free, and the one maintained library that covers
 network rules and scoping.
@@ -126,7 +128,7 @@ def build(read_exec: list[str], read_only: list[str], writable: list[str]) -> Co
                 rights &= file_rights
             ruleset.allow_path(path, rights)
             granted[kind].append(path)
-        filter_path = seccomp.filter_path(host_namespaces=True, tcp=level >= NET_ABI)
+        filter_path = seccomp.filter_path(host_namespaces=True)
         program = seccomp.Program(filter_path)
     except OSError as exc:
         ruleset.close()

@@ -6,15 +6,18 @@ clone3, so libc falls back to clone, whose namespace flags the filter can inspec
 
 A sandbox without namespaces of its own (`landlock`) shares the host's network and IPC
 namespaces, so its filter (`host_namespaces=True`) also closes what Landlock does not
-cover: every socket but TCP (whose connect/bind Landlock governs; with `tcp=False` TCP
-too), SysV IPC and POSIX message queues, and the path-based chown and xattr writes that
-Landlock does not check.
+cover: every socket (see `_restrict_sockets`), SysV IPC and POSIX message queues, and the
+path-based chown and xattr writes that Landlock does not check.
+
+The cache file is named by a digest of this module's own source, so any change to a rule
+here builds a new filter instead of reusing a stale one.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import platform
@@ -52,25 +55,27 @@ DENIED_HOST_NAMESPACES = (
     "chown", "lchown", "fchownat", "setxattr", "lsetxattr", "removexattr", "lremovexattr",
     "setxattrat", "removexattrat",
 )
-AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
-SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
-IPPROTO_TCP = 6
+AF_UNIX = 1
+SOCK_TYPE_MASK = 0xF
+# The socketpair types whose sends ignore a destination address: a datagram socketpair
+# could sendto() any host UNIX datagram socket by path (/dev/log, notify sockets), a path
+# lookup Landlock does not check.
+SOCKETPAIR_TYPES = (1, 5)  # SOCK_STREAM, SOCK_SEQPACKET
 
 
-def _rules_digest(host_namespaces: bool, tcp: bool) -> str:
-    text = repr((DENIED, CLONE_NEWUSER, TIOCSTI, TIOCLINUX, platform.machine(),
-                 host_namespaces and (DENIED_HOST_NAMESPACES, AF_INET6, tcp)))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+@functools.cache
+def _rules_digest(host_namespaces: bool) -> str:
+    text = repr((host_namespaces, platform.machine())).encode() + Path(__file__).read_bytes()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
-def filter_path(host_namespaces: bool = False, tcp: bool = True) -> Path:
+def filter_path(host_namespaces: bool = False) -> Path:
     """Path of the compiled BPF program, building it on first use.
 
-    `host_namespaces`: the sandbox has no network/IPC namespace of its own, so sockets
-    other than TCP and host IPC are denied too; `tcp=False` denies TCP sockets as well
-    (for a kernel whose Landlock cannot restrict TCP).
+    `host_namespaces`: the sandbox has no network/IPC namespace of its own, so sockets and
+    host IPC are denied too.
     """
-    path = cache_dir() / f"seccomp-{_rules_digest(host_namespaces, tcp)}.bpf"
+    path = cache_dir() / f"seccomp-{_rules_digest(host_namespaces)}.bpf"
     if path.is_file() and path.stat().st_size > 0:
         return path
     try:
@@ -86,7 +91,7 @@ def filter_path(host_namespaces: bool = False, tcp: bool = True) -> Path:
         except (ValueError, RuntimeError, OSError):
             continue  # not a syscall on this architecture (or unknown to this libseccomp)
     if host_namespaces:
-        _restrict_sockets(seccomp, filt, deny, tcp)
+        _restrict_sockets(seccomp, filt, deny)
     filt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     filt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
     for request in (TIOCSTI, TIOCLINUX):
@@ -99,32 +104,29 @@ def filter_path(host_namespaces: bool = False, tcp: bool = True) -> Path:
     return path
 
 
-def _restrict_sockets(seccomp, filt, deny, tcp: bool) -> None:
-    """Allow socket() only for TCP over IPv4/IPv6, socketpair() only for AF_UNIX.
+def _restrict_sockets(seccomp, filt, deny) -> None:
+    """No socket() at all; socketpair() only for connected AF_UNIX stream/seqpacket pairs.
 
-    Arguments are compared as 64-bit values while the kernel reads 32-bit ints, so every
-    rule is written to deny, never to allow, what stray upper bits could disguise: a
-    family with upper bits set is `GT AF_INET6`, a protocol is `GT IPPROTO_TCP`.
+    Landlock governs only TCP connect() and bind(), and the kernel has other ways to open
+    or accept a TCP connection (MSG_FASTOPEN on sendto/sendmsg/sendmmsg, listen() on an
+    unbound socket autobinding a port, MPTCP), so the only sound rule without a network
+    namespace is that the job holds no socket that could reach anything: none is created,
+    and none is inherited (stdio and detain's channels are pipes). What is left, a
+    socketpair whose sends ignore any address, reaches only the job's own processes.
+
+    Arguments are compared as 64-bit values while the kernel reads 32-bit ints, so the
+    rules deny rather than allow, leaving nothing stray upper bits could disguise: any
+    family but exactly AF_UNIX is denied (`GT` catches set upper bits, the masked test
+    a zero low half), and any type whose low nibble (the kernel's SOCK_TYPE_MASK) is not
+    listed.
     """
     arg = seccomp.Arg
-    filt.add_rule(deny, "socketpair", arg(0, seccomp.NE, AF_UNIX))
-    if not tcp:
-        filt.add_rule(deny, "socket")
-        return
-    filt.add_rule(deny, "socket", arg(0, seccomp.GT, AF_INET6))
-    for family in range(AF_INET6):
-        if family != AF_INET:
-            filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family))
-    for family in (AF_INET, AF_INET6):
-        for kind in range(SOCK_TYPE_MASK + 1):
-            if kind != SOCK_STREAM:
-                filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family),
-                              arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, kind))
-        filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family),
-                      arg(2, seccomp.GT, IPPROTO_TCP))
-        for protocol in range(1, IPPROTO_TCP):
-            filt.add_rule(deny, "socket", arg(0, seccomp.EQ, family),
-                          arg(2, seccomp.EQ, protocol))
+    filt.add_rule(deny, "socket")
+    filt.add_rule(deny, "socketpair", arg(0, seccomp.MASKED_EQ, 0xFFFFFFFF, 0))
+    filt.add_rule(deny, "socketpair", arg(0, seccomp.GT, AF_UNIX))
+    for kind in range(SOCK_TYPE_MASK + 1):
+        if kind not in SOCKETPAIR_TYPES:
+            filt.add_rule(deny, "socketpair", arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, kind))
 
 
 class Program:

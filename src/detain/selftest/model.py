@@ -19,7 +19,8 @@ GROUPS = {
     "filesystem": "read host secrets, write outside scratch, link and copy-out tricks, "
                   "device nodes, /proc and /sys leaks",
     "network": "reach host listeners over TCP/UDP/IPv6 loopback, UNIX sockets (path and "
-               "abstract), raw and packet sockets, netlink",
+               "abstract), raw and packet sockets, netlink, TCP fast open, listen() "
+               "autobind, MPTCP/SCTP, x32 syscalls, the allow-list proxy",
     "processes": "signal or ptrace host processes, kill(-1), outlive the run, fork bomb",
     "resources": "memory, CPU, disk, open files, output floods, huge lines, zombie piles",
     "privileges": "uid 0, setuid binaries, capabilities, new namespaces, kernel "
