@@ -81,9 +81,9 @@ def start(backend: Any, ctx: Any) -> EgressSession | None:
     if not rules:
         return None
     if not getattr(backend, "own_network_namespace", False):
-        raise ProtectionError(f"a network allow-list needs a backend with its own network "
-                              f"namespace; {backend.name} shares the host's network, so the "
-                              "allow-list cannot be enforced there (use --backend bwrap)")
+        raise ProtectionError(f"a network allow-list needs detain's proxy in the sandbox's "
+                              f"own network namespace, which {backend.name} cannot offer "
+                              "yet; use --backend bwrap")
     session = EgressSession(rules, ctx.run.subdir("net", 0o755))
     session.proxy.start()
     return session
