@@ -27,6 +27,11 @@ class Job:
             raise DetainError("job target and arguments cannot contain NUL bytes")
         if self.kind == "script":
             path = Path(self.target)
+            if path.is_symlink():
+                # The code under test decides where its links point (a checkout's main.py
+                # -> /root/secret would print the secret in a SyntaxError).
+                raise DetainError(f"script {self.target!r} is a symlink: detain follows no "
+                                  "link in the code under test; pass the file's own path")
             if not path.is_file():
                 raise DetainError(f"script {self.target!r} does not exist or is not a file")
             if not os.access(path, os.R_OK):

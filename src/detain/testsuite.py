@@ -5,6 +5,11 @@ project's plain requirements) is fetched as wheels by `pip download --only-binar
 which runs no package code. Inside, the requirements go into a throw-away venv (issue 6's
 deps step), the guest driver copies the project into scratch and runs pytest with a
 timeline plugin, and the timeline comes back through copy-out to attribute events.
+
+The timeline is written inside the suite's own process, where any test can append to it:
+it names tests and ties events to them, but nothing detain states as its own (a count, a
+verdict) is taken from it. The Result's status is the job's exit status, which the host
+observes (cli/pytest_cmd.py shows the timeline's claims only labelled as unverified).
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from .guest import LAUNCHER
 from .host import wheelhouse
 from .host.interpreter import find_interpreter
 from .job import Job
-from .policy import SCRATCH, CopyOut, Mount, Policy
+from .policy import REQUIREMENTS_CAP, SCRATCH, CopyOut, Mount, Policy
+from .project_files import read_project_file
 from .result import Result
 
 PROJECT_MOUNT = "/mnt/project"
 DRIVER = LAUNCHER.with_name("pytest_driver.py")
 TIMELINE_DIR = ".detain-tests"
 TIMELINE = "tests.jsonl"
+PROJECT_REQUIREMENTS = "requirements.txt"
 Sink = Callable[[bytes], None]
 
 
@@ -51,10 +58,12 @@ def run_suite(project: str | Path, pytest_args: Sequence[str] = (), policy: Poli
     if not root.is_dir():
         raise DetainError(f"{project}: not a directory (give the project's root)")
     policy = policy or Policy()
-    requirements = policy.requirements
-    if requirements is None and (root / "requirements.txt").is_file():
-        requirements = root / "requirements.txt"
-    lines = wheelhouse.requirement_lines(requirements) if requirements else []
+    if policy.requirements is not None:
+        lines = wheelhouse.requirement_lines(policy.requirements)
+    else:  # the project's own list: hostile data, read as project_files reads it
+        text = read_project_file(root, PROJECT_REQUIREMENTS, REQUIREMENTS_CAP)
+        lines = wheelhouse.parse_requirements(text, str(root / PROJECT_REQUIREMENTS)) \
+            if text is not None else []
     lines += policy.with_packages
     version = find_interpreter(policy.python).version
     with tempfile.TemporaryDirectory(prefix="detain-pytest-") as tmp:

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def execute(args: argparse.Namespace) -> int:
     from ..package.diff import diff
     from ..package.phases import vet
+    from ..report.safe_text import say
     from .run_cmd import _write_json, policy_from_args
 
     if args.timeout is None:
@@ -46,7 +47,8 @@ def execute(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
 
     def progress(text: str) -> None:
-        print(f"detain: {text}", file=sys.stderr, flush=True)
+        say(text)
+        sys.stderr.flush()
 
     report = vet(args.spec, policy, exercise=args.exercise, seconds=args.import_timeout,
                  progress=progress)
@@ -65,8 +67,15 @@ def execute(args: argparse.Namespace) -> int:
     return 1 if failed or len(report["phases"]) < 2 else 0
 
 
-def render(report: dict[str, Any]) -> None:
-    """A readable terminal summary: per phase, its status and notable behaviour."""
+def render(raw: dict[str, Any]) -> None:
+    """A readable terminal summary: per phase, its status and notable behaviour.
+
+    The report is full of the package's own strings (file names, event summaries, import
+    errors, build output): the whole of it is made visible before anything is laid out.
+    """
+    from ..report.safe_text import visible, visible_tree
+
+    report = visible_tree(raw)
     out = sys.stdout
     fetched = report["fetch"]
     out.write(f"\n{report['spec']}: {fetched['kind']} {fetched['artifact']}"
@@ -77,7 +86,7 @@ def render(report: dict[str, Any]) -> None:
     for finding in findings[:15]:
         out.write(f"           [{finding.get('severity')}] {finding.get('file')}:"
                   f"{finding.get('line') or ''} {finding.get('title') or finding.get('id')}\n")
-    for phase in report["phases"]:
+    for phase, raw_phase in zip(report["phases"], raw["phases"], strict=True):
         events = [e for e in phase["report"]["events"] if e["category"] in NOTABLE]
         state = "ok" if phase["status"] == 0 else f"FAILED (exit {phase['status']})"
         egress = phase.get("egress") or {}
@@ -98,11 +107,14 @@ def render(report: dict[str, Any]) -> None:
         for module, error in list(failures.items())[:10]:
             out.write(f"           import {module}: {error}\n")
         if phase["status"] != 0:
-            out.write("           " + phase["output_tail"][-800:].replace("\n", "\n           ")
-                      + "\n")
+            tail = raw_phase["output_tail"][-800:].splitlines()
+            out.write("".join(f"           {visible(line)}\n" for line in tail))
 
 
 def render_diff(spec: str, against: str, new: dict[str, dict[str, list[str]]]) -> None:
+    from ..report.safe_text import visible, visible_tree
+
+    spec, against, new = visible(spec), visible(against), visible_tree(new)
     out = sys.stdout
     if not new:
         out.write(f"\nnothing new in {spec} compared with {against}\n")

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
-import sys
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import DetainError
+from ..host.pip_download import pip_download
 from .index import IndexConfig
 
 ARTIFACT_CAP = 200 << 20
@@ -58,15 +57,7 @@ def fetch(spec: str, dest: Path, config: IndexConfig, python_version: str) -> Pa
 
 
 def _pip_wheel(spec: str, dest: Path, python_version: str) -> Path | None:
-    major_minor = ".".join(python_version.split(".")[:2])
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--python-version", major_minor, "--dest", str(dest), "--no-input",
-            "--disable-pip-version-check", "--quiet", spec]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=300, check=False,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise DetainError(f"pip download {spec} did not finish within 300 s") from None
+    done = pip_download([spec], dest, python_version, deps=False)
     wheels = sorted(dest.glob("*.whl"))
     return wheels[0] if done.returncode == 0 and wheels else None
 
