@@ -4,12 +4,10 @@ The CLI turns every `DetainError` into one line on stderr and exit status 2; any
 else escaping is a bug in detain, not in the user's input.
 """
 
+from .report.safe_text import visible
+
 EXIT_DETAIN_ERROR = 2  # detain's own error: bad input, no backend, a sandbox that failed
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, after the sandbox was removed
-
-
-_CONTROL = {i: "\\x%02x" % i for i in (*range(32), 127)}
-_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
 class DetainError(Exception):
@@ -18,7 +16,7 @@ class DetainError(Exception):
     def __str__(self) -> str:
         """One line even when the message quotes input with control characters in it (a
         path holding a newline), escaped so that the input still shows."""
-        return super().__str__().translate(_CONTROL)
+        return visible(super().__str__())
 
 
 class PolicyError(DetainError):

@@ -13,7 +13,9 @@ Quirks seen with runsc on this kind of host, and how they are handled:
     limit hit (status 137), not a detain error;
   * the KVM platform hangs under nested virtualisation: ptrace is used (systrap where the
     runsc is new enough); DETAIN_GVISOR_PLATFORM overrides.
-`--trace syscalls` turns on runsc's strace; its lines are kept raw in `Result.trace`.
+`--trace syscalls` turns on runsc's strace, logged as JSON (one escaped record a line, so a
+path holding a newline cannot start a record: report.kernel_trace); its records are kept
+raw in `Result.trace`.
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from ..errors import BackendUnavailable
 from ..host import containers, seccomp_oci
 from ..host.rootfs import Bind
 from ..host.tools import tool_version
 from ..policy import SCRATCH
+from ..report.kernel_trace import read_trace
 from ..result import Result
 from . import Probe
 from .base import Launch, RunContext
 from .container import ContainerBackend
 
 CANDIDATES = ("/usr/local/bin/runsc", "/usr/bin/runsc")
-TRACE_MARK = "strace.go"
 
 
 def _release(path: str) -> tuple[int, ...]:
@@ -113,7 +114,7 @@ class GvisorBackend(ContainerBackend):
         flags = ["--network=none", "--host-fifo=open", f"--platform={chosen}", "--oci-seccomp"]
         if ctx.policy.trace == "syscalls":
             trace_dir = ctx.run.subdir("trace", 0o700)
-            flags += ["--strace", f"--debug-log={trace_dir}/"]
+            flags += ["--strace", "--debug-log-format=json", f"--debug-log={trace_dir}/"]
             ctx.extra["trace_dir"] = trace_dir
         if ctx.cgroup is None:
             flags.append("--ignore-cgroups")
@@ -172,7 +173,7 @@ class GvisorBackend(ContainerBackend):
     def _fill(self, result: Result, ctx: RunContext, outcome) -> None:
         super()._fill(result, ctx, outcome)
         if "trace_dir" in ctx.extra:
-            result.trace = _read_trace(ctx.extra["trace_dir"], ctx.policy.limits.output_bytes)
+            result.trace = read_trace(ctx.extra["trace_dir"], ctx.policy.limits.output_bytes)
         if outcome.timed_out or ctx.cgroup is None:
             return
         # The sandbox as a whole dies when the host cgroup's memory or pids cap is hit.
@@ -198,24 +199,6 @@ class GvisorBackend(ContainerBackend):
                 # the spec's noNewPrivileges (prctl(PR_GET_NO_NEW_PRIVS) reads 1 inside).
                 "no_new_privs": seen.get("status", {}).get("NoNewPrivs", "1") == "1",
                 "seccomp_profile": "detain's, enforced by gVisor's kernel (--oci-seccomp)"}
-
-
-def _read_trace(directory: Path, cap: int) -> str:
-    """runsc's strace lines from its debug logs (the sentry's), capped at `cap` bytes."""
-    lines: list[str] = []
-    size = 0
-    for path in sorted(directory.iterdir()):
-        with open(path, "rb") as handle:
-            for raw in handle:
-                if TRACE_MARK.encode() not in raw:
-                    continue
-                line = raw.decode("utf-8", "backslashreplace")
-                size += len(line)
-                if size > cap:
-                    lines.append(f"[detain: trace truncated after {cap} bytes]\n")
-                    return "".join(lines)
-                lines.append(line)
-    return "".join(lines)
 
 
 BACKEND = GvisorBackend()

@@ -1,4 +1,14 @@
-"""`detain pytest [PATH] [-- PYTEST_ARGS]`: a project's test suite, run inside a sandbox."""
+"""`detain pytest [PATH] [-- PYTEST_ARGS]`: a project's test suite, run inside a sandbox.
+
+What detain says about the suite is split by who could have written it. The exit status is
+observed by the host; it is the job's, which pytest sets unless the suite ends the process
+itself, so detain reports it as pytest's status and never as a verdict of its own. The
+per-test list (ids, outcomes, which test caused which event) comes from a timeline that
+the guest driver writes from inside the suite's own process, where any test can append to
+it, forge or drop records: detain counts nothing from it into a line of its own, and
+shows it only labelled as reported by the job, unverified. Every line goes through
+`safe_text.say`, so a test id cannot drive the terminal or start a forged line.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a project's tests inside a sandbox: the project is shown read-only and "
         "copied into scratch, pytest and the project's requirements (requirements.txt, or "
         "--requirements/--with where available) are fetched as wheels on the host and "
-        "installed inside. Each behaviour event names the test that was running. The exit "
-        "status is pytest's.",
+        "installed inside. Each behaviour event names the test that was running (as the "
+        "suite's own, unverified timeline tells). The exit status is pytest's.",
         usage="detain pytest [OPTIONS] [PATH] [-- PYTEST_ARGS ...]")
     parser.add_argument("--json", metavar="PATH", help="write the Result as JSON to PATH")
     add_report_options(parser)
@@ -40,6 +50,7 @@ def split_rest(rest: list[str]) -> tuple[str, list[str]]:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from ..report.safe_text import say
     from ..testsuite import run_suite
     from .run_cmd import _report, _reporting, _stream, _write_json, policy_from_args
 
@@ -56,16 +67,25 @@ def execute(args: argparse.Namespace) -> int:
         _write_json(args.json, result.to_dict())
     if reporting:
         _report(args, result, scan)
+    for line in summary_lines(result):
+        say(line)
+    return result.status
+
+
+def summary_lines(result) -> list[str]:
+    """detain's lines about a finished suite: the host-observed status, then what the job's
+    timeline claims, labelled as such."""
+    if result.error:
+        return [f"error: {result.error}"]
+    lines = [f"pytest exited with status {result.status} on {result.backend}"]
     tests = result.behaviour.get("tests", [])
     if tests:
         counts: dict[str, int] = {}
         for test in tests:
             counts[test["outcome"]] = counts.get(test["outcome"], 0) + 1
         noisy = sorted(((t["events"], t["nodeid"]) for t in tests if t["events"]), reverse=True)
-        line = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-        print(f"detain: {len(tests)} test(s) in the sandbox ({line}) on {result.backend}"
-              + (f"; most events: {noisy[0][1]} ({noisy[0][0]})" if noisy else ""),
-              file=sys.stderr)
-    if result.error:
-        print(f"detain: error: {result.error}", file=sys.stderr)
-    return result.status
+        told = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        lines.append(f"reported by the job (unverified, written inside the sandbox): "
+                     f"{len(tests)} test record(s) ({told})"
+                     + (f"; most events: {noisy[0][1]} ({noisy[0][0]})" if noisy else ""))
+    return lines

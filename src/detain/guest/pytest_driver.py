@@ -10,8 +10,9 @@ just before it imports pytest, which the host matches with the audit hook's `imp
 pytest` event to align the hook's clock with this timeline.
 
 The timeline is written by code that shares a process with the suite, so it is evidence
-of the same (in-process) standing as the audit events. The process exits with pytest's
-own exit status.
+of the same (in-process) standing as the audit events: any test can append forged records
+to it, and the host treats it as the job's claim, never as a count of its own. The
+process exits with pytest's own exit status.
 """
 
 import json

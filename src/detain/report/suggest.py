@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from ..units import format_size, parse_size
+from .safe_text import visible
 
 MIB = 1 << 20
 
@@ -52,7 +53,7 @@ def suggest_policy(report: dict[str, Any]) -> str:
     else:
         lines.append('network = "none"')
         if hosts:
-            lines.append("# the code tried to reach: " + ", ".join(hosts)[:400])
+            lines.append("# the code tried to reach: " + visible(", ".join(hosts)[:400]))
             lines.append("# add network = { allow = [\"host:port\"] } if it should")
     lines += [
         f"timeout = {_seconds(timings['wall_seconds'], limits['timeout'])}",

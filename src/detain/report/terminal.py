@@ -1,7 +1,9 @@
 """The terminal view: a summary panel and the notable behaviour, grouped and de-duplicated.
 
-Every string from the sandbox is shown as plain text (rich markup escaped), so a job cannot
-style, hide or fake lines of the report.
+The report is made `visible` (safe_text) as a whole before anything is laid out, so no
+field, present or added later, can carry a terminal escape, a CR or a bidi override from
+the job to the person; strings set into rich markup are markup-escaped as well, and rich's
+emoji codes are off. A job can therefore neither style, hide nor fake lines of the report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from .build import NOTABLE
+from .safe_text import visible_tree
 
 STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 ROWS = 40
@@ -35,11 +38,20 @@ def _summary(report: dict[str, Any]) -> Panel:
         lines.append(f"static findings {summary['findings']} ({summary['findings_high']} high)"
                      f", confirmed at run time {summary['confirmed']}, behaviour no finding "
                      f"predicted {summary['unpredicted']}")
+    held = (report.get("assurance") or {}).get("limits") or {}
+    weaker = [f"{name} {text}" for name, text in held.items()
+              if isinstance(text, str) and name in ("memory", "disk") and "total" not in text]
+    if weaker:  # what a reader would otherwise take for a total
+        lines.append(f"[yellow]limits:[/] {escape('; '.join(weaker))}")
     for flag in report["integrity"].get("flags", [])[:5]:
         lines.append(f"[yellow]integrity:[/] {escape(flag)}")
     if outcome.get("error"):
         lines.append(f"[red]error:[/] {escape(outcome['error'])}")
     return Panel("\n".join(lines), title="detain report", expand=False)
+
+
+def _severity(severity: str) -> str:
+    return f"[{STYLE.get(severity, '')}]{escape(severity)}[/]"
 
 
 def grouped(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,12 +74,14 @@ def _behaviour(report: dict[str, Any]) -> Table:
     rows = grouped(report["events"])
     for group in rows[:ROWS]:
         where = f"{group['file']}:{group['line']}" if group.get("file") else "-"
-        source = group["provenance"] + (" [red]suspect[/]" if group.get("suspect") else "")
+        source = escape(group["provenance"])
+        if group.get("suspect"):
+            source += " [red]suspect[/]"
         if group.get("predicted") is False:
             source += " [magenta]unpredicted[/]"
-        table.add_row(f"[{STYLE.get(group['severity'], '')}]{group['severity']}[/]",
-                      group["category"], escape(group["summary"][:120]), escape(where),
-                      str(group["count"]), source)
+        table.add_row(_severity(group["severity"]),
+                      escape(group["category"]), escape(group["summary"][:120]),
+                      escape(where), str(group["count"]), source)
     if len(rows) > ROWS:
         table.caption = f"{len(rows) - ROWS} more in the JSON/HTML report"
     return table
@@ -78,7 +92,7 @@ def _findings(report: dict[str, Any]) -> Table:
     for column in ("severity", "rule", "message", "where", "run"):
         table.add_column(column, overflow="fold")
     for finding in report["static"]["findings"][:ROWS]:
-        table.add_row(f"[{STYLE.get(finding['severity'], '')}]{finding['severity']}[/]",
+        table.add_row(_severity(finding["severity"]),
                       escape(finding["id"]), escape(finding["message"][:100]),
                       escape(f"{finding['file']}:{finding['line']}"),
                       "confirmed" if finding.get("confirmed") else "")
@@ -86,7 +100,9 @@ def _findings(report: dict[str, Any]) -> Table:
 
 
 def render_terminal(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console(stderr=True)
+    """Print the summary (to stderr unless `console` says otherwise)."""
+    report = visible_tree(report)
+    console = console or Console(stderr=True, emoji=False, highlight=False)
     parts: list[Any] = [_summary(report)]
     if report["events"]:
         parts.append(_behaviour(report))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..report.safe_text import visible
 from .model import CONTAINED, ERROR, ESCAPED, PROBES
 from .report import CONTAINING_LEVEL, score
 from .runner import TargetReport
@@ -43,11 +44,11 @@ def _score_cell(report: TargetReport) -> str:
 
 
 def escapes(reports: list[TargetReport]) -> list[str]:
-    """One line per escape or error, for below the matrix."""
+    """One line per escape or error, for below the matrix; a detail may quote the job."""
     lines = []
     for report in reports:
         for probe_id, verdict in report.verdicts.items():
             if verdict.status in (ESCAPED, ERROR):
                 lines.append(f"{report.target.name} {probe_id}: {verdict.status}: "
-                             f"{verdict.detail}")
+                             f"{visible(verdict.detail)}")
     return lines
