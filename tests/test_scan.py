@@ -75,3 +75,14 @@ def test_scan_cli(tmp_path):
     assert detain_cli("scan", str(clean), "--fail-on", "high").returncode == 0
     missing = detain_cli("scan", str(tmp_path / "nope"))
     assert missing.returncode == 2 and missing.stderr.count(b"\n") == 1
+
+
+def test_an_oversized_source_is_flagged_not_scanned(tmp_path):
+    """A package's 450 MiB big.py once took the host's scan to 4 GB of memory."""
+    (tmp_path / "big.py").write_bytes(b"x = 1\n" * (3 << 19))
+    (tmp_path / "small.py").write_text("import os\nos.system('id')\n")
+    result = scan(tmp_path)
+    rules = {(f["file"], f["rule"]) for f in result["findings"]}
+    assert ("big.py", "oversized-source") in rules
+    assert any(file == "small.py" for file, _ in rules)
+    assert not any(file == "big.py" and rule != "oversized-source" for file, rule in rules)

@@ -10,6 +10,7 @@ from .errors import EXIT_DETAIN_ERROR
 
 EXIT_TIMEOUT = 124
 EXIT_LIMIT = 137
+EXIT_COPY_OUT = 4  # the job succeeded, but copy-out could not bring back all it left
 
 
 @dataclass
@@ -41,14 +42,22 @@ class Result:
     # the sandbox's kernel, not the job, so trustworthy; parsed by the behaviour report.
     trace: str | None = None
     error: str | None = None
+    # Why --copy-out brought back less than the job left (a cap, depth, an unwritable
+    # destination); links and special files skipped by rule are only notes.
+    copy_out_error: str | None = None
     job: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> int:
-        """The exit status the CLI returns: the code's own, or 124 / 137 / 128+signal / 2."""
+        """The exit status the CLI returns: the code's own, or 124 / 137 / 128+signal / 2,
+        or 4 when the job succeeded but its copy-out is incomplete."""
         if self.error is not None:
             return EXIT_DETAIN_ERROR
+        own = self._job_status()
+        return EXIT_COPY_OUT if own == 0 and self.copy_out_error is not None else own
+
+    def _job_status(self) -> int:
         if self.timed_out:
             return EXIT_TIMEOUT
         if self.limit is not None:

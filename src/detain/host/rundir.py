@@ -15,7 +15,6 @@ import fcntl
 import importlib
 import json
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -25,9 +24,12 @@ from typing import Any
 
 from ..errors import DetainError
 from ..paths import state_dir
+from ..report.safe_text import say
+from . import tree
 
 CLEANERS: dict[str, Callable[[Any], None]] = {}
 JOURNAL = "journal"
+STUCK = "stuck-"  # prefix of a run dir that could not be removed, set aside once
 ORPHAN_SECONDS = 60
 
 
@@ -119,6 +121,15 @@ class RunDir:
 
 def release(path: Path, state: dict[str, list]) -> None:
     """Remove everything a run created: resources in reverse order, then the dir itself."""
+    errors = _release_resources(state)
+    left = _remove_dir(path)
+    if left is not None:
+        errors.append(left)
+    if errors:
+        raise DetainError("cleanup was incomplete: " + "; ".join(errors))
+
+
+def _release_resources(state: dict[str, list]) -> list[str]:
     errors = []
     for kind in reversed(list(state)):
         for value in reversed(state[kind]):
@@ -126,23 +137,36 @@ def release(path: Path, state: dict[str, list]) -> None:
                 CLEANERS[kind](value)
             except Exception as exc:  # keep going: one stuck resource must not leak the rest
                 errors.append(f"{kind} {value}: {exc}")
-    _remove_tree(path)
-    if errors:
-        raise DetainError("cleanup was incomplete: " + "; ".join(errors))
+    return errors
 
 
-def _remove_tree(path: Path) -> None:
-    def make_writable_and_retry(func, name, _exc):
-        try:
-            os.chmod(os.path.dirname(name), 0o700)
-            func(name)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+def _remove_dir(path: Path) -> str | None:
+    """Remove a run dir; None when it is gone, else what is left and where. A dir that
+    cannot be removed entirely is set aside, so it is reported once and never retried."""
+    try:
+        tree.remove(path)
+    except OSError as exc:
+        return f"{exc.strerror or exc}; {_set_aside(path)}"
+    return None
+
+
+def _set_aside(path: Path) -> str:
+    """Rename a run dir that could not be removed out of the sweep's way ("stuck-…": the
+    sweep only looks at "run-…"), and say where it went and what to do."""
+    aside = path.with_name(f"{STUCK}{path.name}")
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        return f"{path} could not be set aside either ({exc.strerror}); remove it by hand"
+    return f"what is left is in {aside}: remove it by hand (as root if root's run left it)"
 
 
 def sweep() -> int:
-    """Clean up runs whose detain process died (their lock is free). Returns how many."""
+    """Clean up runs whose detain process died (their lock is free). Returns how many.
+
+    Each leftover is on its own: one that cannot be removed is reported once (a `detain:`
+    line on stderr: the sweep runs inside an unrelated run, which it must never stop) and
+    set aside."""
     try:
         base = base_dir()
         entries = list(os.scandir(base))
@@ -153,27 +177,40 @@ def sweep() -> int:
         if not entry.name.startswith("run-") or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            lock = os.open(os.path.join(entry.path, JOURNAL), os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            # No journal: a run that died between mkdtemp and its first write, or one being
-            # born right now in another process; only the former is old.
-            if exc.errno == errno.ENOENT and _age(entry.path) > ORPHAN_SECONDS:
-                _remove_tree(Path(entry.path))
-            continue
+            swept += _sweep_one(Path(entry.path))
+        except Exception as exc:  # a hostile leftover must not stop this run
+            say(f"leftover run dir {entry.path}: {exc}")
+    return swept
+
+
+def _sweep_one(path: Path) -> int:
+    try:
+        lock = os.open(path / JOURNAL, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        # No journal: a run that died between mkdtemp and its first write (or whose own
+        # cleanup got halfway), or one being born right now in another process; only the
+        # former is old.
+        if exc.errno == errno.ENOENT and _age(path) > ORPHAN_SECONDS:
+            _release_dead(path, {})
+            return 1
+        return 0
+    try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(lock)
-            continue
-        try:
-            try:
-                release(Path(entry.path), _read_journal(lock))
-            except DetainError:
-                pass
-            swept += 1
-        finally:
-            os.close(lock)
-    return swept
+            return 0  # its detain is alive
+        _release_dead(path, _read_journal(lock))  # under the lock: no other sweep joins in
+        return 1
+    finally:
+        os.close(lock)
+
+
+def _release_dead(path: Path, state: dict[str, list]) -> None:
+    """A dead run's resources get one try, quietly as before; a dir that stays is said."""
+    _release_resources(state)
+    left = _remove_dir(path)
+    if left is not None:
+        say(f"a dead run's dir could not be removed: {left}")
 
 
 def _age(path: str) -> float:

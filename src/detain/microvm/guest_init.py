@@ -48,6 +48,10 @@ PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 RNDADDENTROPY, RNDRESEEDCRNG = 0x40085203, 0x5207
 RB_POWER_OFF = 0x4321FEDC
 HEADER_CAP = 1 << 20
+# One past the host's copy-out limits (detain.host.tree.MAX_DEPTH levels below a requested
+# path, detain.host.copyout.MAX_ENTRIES entries), so a tree beyond them shows there.
+COPY_OUT_DEPTH, COPY_OUT_ENTRIES = 65, 10001
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -353,15 +357,52 @@ def send_copy_out(paths, fd, cap):
         return
     import tarfile
 
+    sent = 0
     try:
         with tarfile.open(fileobj=CappedPort(fd, cap), mode="w|",
                           format=tarfile.PAX_FORMAT) as tar:
             for relative in paths:
                 path = os.path.normpath(os.path.join("/scratch", relative))
                 if plain_parents(relative) and os.path.lexists(path):
-                    tar.add(path, arcname=relative, recursive=True)
+                    sent = pack_tree(tar, path, relative, sent)
     except (CapReached, OSError) as exc:
         console(f"detain guest: copy-out ended early: {exc!r}")
+
+
+def pack_tree(tar, path, arcname, sent):
+    """Add `path` and everything under it without recursion (the job may leave a chain
+    10,000 directories deep): an explicit stack of directory fds, read lazily, each entry
+    named through /proc/self/fd (a short path at any depth) and never followed. It stops
+    one level and one entry past the host's limits, so the host sees and reports them."""
+    tar.add(path, arcname=arcname, recursive=False)
+    sent += 1
+    if os.path.islink(path) or not os.path.isdir(path):
+        return sent
+    top = os.open(path, O_DIR)
+    stack = [(top, arcname, os.scandir(top))]
+    try:
+        while stack and sent < COPY_OUT_ENTRIES:
+            dir_fd, prefix, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                entries.close()
+                os.close(dir_fd)
+                continue
+            name = f"{prefix}/{entry.name}"
+            try:
+                tar.add(f"/proc/self/fd/{dir_fd}/{entry.name}", arcname=name, recursive=False)
+                sent += 1
+                if entry.is_dir(follow_symlinks=False) and len(stack) < COPY_OUT_DEPTH:
+                    child = os.open(entry.name, O_DIR, dir_fd=dir_fd)
+                    stack.append((child, name, os.scandir(child)))
+            except OSError as exc:
+                console(f"detain guest: copy-out skipped an entry: {exc!r}")
+    finally:
+        for dir_fd, _, entries in stack:
+            entries.close()
+            os.close(dir_fd)
+    return sent
 
 
 def main():

@@ -15,19 +15,19 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import stat
 import tarfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from ..errors import DetainError
-from ..host.copyout import MAX_ENTRIES
+from ..host import tree
+from ..host.copyout import MAX_ENTRIES, SKIP_NOTE, CopyReport
 from ..policy import SCRATCH, CopyOut, Mount
 
 HEADER_READ_CAP = 1 << 20  # no tar header (pax, GNU long name) is read whole above this
 TAR_OVERHEAD = 2048  # header and padding bytes per entry, beyond the files' own bytes
-SKIP_NOTE = "not a regular file or directory"  # host.copyout's wording, for the same case
 
 
 def copy_out_cap(disk_bytes: int) -> int:
@@ -58,8 +58,36 @@ def pack_mounts(mounts: Sequence[Mount], cap: int) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for index, mount in enumerate(mounts):
-            tar.add(str(mount.host), arcname=str(index), recursive=True, filter=clean)
+            _pack_tree(tar, mount.host, str(index), clean)
     return buffer.getvalue()
+
+
+def _pack_tree(tar: tarfile.TarFile, root: Path, arcname: str,
+               clean: Callable[[tarfile.TarInfo], tarfile.TarInfo | None]) -> None:
+    """`root` and what is under it, walked by host/tree.py (tarfile's own add recurses,
+    and a mounted dir may hold a tree a job made through an earlier :rw mount); each
+    entry is named through /proc/self/fd, a short path at any depth, never followed."""
+    tar.add(str(root), arcname=arcname, recursive=False, filter=clean)
+    if not stat.S_ISDIR(os.lstat(root).st_mode):
+        return
+    top = os.open(root, tree.O_DIR)
+    walk = tree.walk(top, failed=lambda parts, exc: _unreadable(root, parts, exc))
+    try:
+        for entry in walk:
+            if entry.too_deep:
+                raise DetainError(f"--mount: {root} is more than {tree.MAX_DEPTH} levels "
+                                  "deep; the micro-VM copies what it shows, up to that depth")
+            tar.add(f"/proc/self/fd/{entry.dir_fd}/{entry.name}",
+                    arcname="/".join((arcname, *entry.parts)), recursive=False, filter=clean)
+            entry.descend = True if entry.is_dir else None
+    finally:
+        walk.close()
+        os.close(top)
+
+
+def _unreadable(root: Path, parts: tuple[str, ...], exc: OSError) -> None:
+    raise DetainError(f"--mount: cannot read {root}/{tree.shown(parts)} ({exc.strerror}); "
+                      "the micro-VM copies what it shows, so all of it must be readable")
 
 
 class Spool:
@@ -110,13 +138,6 @@ class _BoundedReads(io.RawIOBase):
         return self.raw.tell()
 
 
-@dataclass
-class Unpacked:
-    entries: int = 0
-    bytes: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
 def _member_path(name: str) -> str | None:
     """A tar member's path relative to the scratch dir, or None when it is not a plain
     relative path (absolute, '..', NUL, empty)."""
@@ -128,65 +149,98 @@ def _member_path(name: str) -> str | None:
     return path
 
 
-def _requested(path: str, wanted: Sequence[str]) -> bool:
-    return any(w == "." or path == w or path.startswith(w + "/") for w in wanted)
+def _depth_allowed(path: str, wanted: Sequence[str]) -> int | None:
+    """How many components `path` may have (MAX_DEPTH levels below the request that holds
+    it, as the host's own copy-out walks), or None when no request holds it."""
+    for want in wanted:
+        if want == ".":
+            return tree.MAX_DEPTH
+        if path == want or path.startswith(want + "/"):
+            return len(want.split("/")) + tree.MAX_DEPTH
+    return None
 
 
-def unpack(stream: IO[bytes], dest: Path, requests: Sequence[CopyOut], cap: int) -> Unpacked:
+def unpack(stream: IO[bytes], dest: Path, requests: Sequence[CopyOut], cap: int) -> CopyReport:
     """Materialise the guest's copy-out tar under `dest` (a fresh, empty, private dir that
     nothing else writes to): directories and regular files only, nothing outside the
-    requested paths, at most MAX_ENTRIES entries and `cap` bytes. Symlinks, hard links and
-    special files are reported, never created, so no later path can pass through a link."""
+    requested paths, at most MAX_ENTRIES entries, MAX_DEPTH levels and `cap` bytes.
+    Symlinks, hard links and special files are reported, never created, so no later path
+    can pass through a link. What could not arrive makes the report's `error`."""
     wanted = [os.path.relpath(r.sandbox, SCRATCH) for r in requests]
-    done = Unpacked()
+    done = CopyReport()
     stream.seek(0)
+    top = os.open(dest, tree.O_DIR)
     try:
         with tarfile.open(fileobj=_BoundedReads(stream), mode="r:") as tar:
             for member in tar:
                 if done.entries >= MAX_ENTRIES:
-                    done.skipped.append(f"too many entries (limit {MAX_ENTRIES})")
+                    done.skip("the rest", f"too many entries (limit {MAX_ENTRIES})")
                     break
                 done.entries += 1
-                _unpack_member(tar, member, dest, wanted, cap, done)
+                _unpack_member(tar, member, top, wanted, cap, done)
     except (tarfile.TarError, EOFError) as exc:
-        done.skipped.append(f"the rest of the VM's copy-out stream: unreadable ({exc})")
+        done.skip("the rest of the VM's copy-out stream", f"unreadable ({exc})")
+    finally:
+        os.close(top)
     return done
 
 
-def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
-                   wanted: Sequence[str], cap: int, done: Unpacked) -> None:
+def _unpack_member(tar: tarfile.TarFile, member: tarfile.TarInfo, top: int,
+                   wanted: Sequence[str], cap: int, done: CopyReport) -> None:
     path = _member_path(member.name)
     if path is None:
-        done.skipped.append(f"{member.name[:200]!r}: not a relative path")
+        done.skip(tree.shown([member.name]), "not a relative path")
         return
-    if not _requested(path, wanted):
+    allowed = _depth_allowed(path, wanted)
+    if allowed is None:
         return
-    target = dest / path
-    if member.islnk():
-        done.skipped.append(f"{path}: hard-linked file")
-        linked = _member_path(member.linkname)
-        if linked is not None and (dest / linked).is_file():  # its first name, already out
-            (dest / linked).unlink()
-            done.skipped.append(f"{linked}: hard-linked file")
-        return
-    if not (member.isdir() or member.isreg()):
-        done.skipped.append(f"{path}: {SKIP_NOTE}")
+    parts = path.split("/")
+    shown = tree.shown(parts)
+    if len(parts) > allowed:
+        done.skip(shown, f"deeper than {tree.MAX_DEPTH} levels")
         return
     try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if member.isdir():
-            target.mkdir(mode=0o700, exist_ok=True)
-            return
-        if done.bytes + member.size > cap:
-            done.skipped.append(f"{path}: copy-out cap of {cap} bytes reached")
-            return
-        source = tar.extractfile(member)
-        assert source is not None  # a regular member always has data
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                     os.O_CLOEXEC, 0o600)
-        with open(fd, "wb") as out:
-            while chunk := source.read(1 << 16):
-                out.write(chunk)
-        done.bytes += member.size
+        if member.islnk():
+            done.skip(shown, "hard-linked file", incomplete=False)
+            _unlink_first_name(top, member.linkname, done)
+        elif not (member.isdir() or member.isreg()):
+            done.skip(shown, SKIP_NOTE, incomplete=False)
+        elif member.isdir():
+            os.close(tree.make_dirs(top, parts))
+        elif done.bytes + member.size > cap:
+            done.skip(shown, f"copy-out cap of {cap} bytes reached")
+        else:
+            _write_member(tar, member, top, parts)
+            done.bytes += member.size
     except OSError as exc:
-        done.skipped.append(f"{path}: {exc.strerror or exc}")
+        done.skip(shown, exc.strerror or str(exc))
+
+
+def _unlink_first_name(top: int, linkname: str, done: CopyReport) -> None:
+    """A hard link's first name, already out as a plain file, goes too: both are skipped."""
+    linked = _member_path(linkname)
+    if linked is None:
+        return
+    *parents, name = linked.split("/")
+    parent = tree.make_dirs(top, parents, create=False)
+    try:
+        if stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=parent)
+            done.skip(tree.shown(linked.split("/")), "hard-linked file", incomplete=False)
+    finally:
+        os.close(parent)
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, top: int,
+                  parts: list[str]) -> None:
+    source = tar.extractfile(member)
+    assert source is not None  # a regular member always has data
+    parent = tree.make_dirs(top, parts[:-1])
+    try:
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o600, dir_fd=parent)
+    finally:
+        os.close(parent)
+    with open(fd, "wb") as out:
+        while chunk := source.read(1 << 16):
+            out.write(chunk)

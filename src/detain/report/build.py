@@ -14,7 +14,7 @@ from typing import Any
 from .. import __version__
 from ..result import Result
 from .events import KERNEL
-from .kernel_trace import trace_events
+from .kernel_trace import parse_trace
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_ID = "https://detain.invalid/schemas/report-1.0.json"
@@ -57,7 +57,8 @@ def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str
     """The report document; `scan` is scan.scan()'s output, or None when none ran."""
     behaviour = result.behaviour or {}
     events = [dict(e, detail=dict(e["detail"])) for e in behaviour.get("events", [])]
-    events += runtime_events(result) + trace_events(result.trace)
+    kernel = parse_trace(result.trace)
+    events += runtime_events(result) + kernel.events
     static = scan or {"ran": False, "findings": [], "errors": []}
     findings = [dict(f) for f in static.get("findings", [])]
     crosscheck(findings, events)
@@ -68,7 +69,7 @@ def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str
         "assurance": result.assurance,
         "outcome": {key: data[key] for key in (
             "status", "exit_code", "signal", "signal_name", "timed_out", "limit", "error",
-            "stdout_truncated", "stderr_truncated", "copied_out", "notes")},
+            "stdout_truncated", "stderr_truncated", "copied_out", "copy_out_error", "notes")},
         "limits_hit": [e["event"] for e in events if e["category"] == "runtime"
                        and e["event"] != "signal"] or ([result.limit] if result.limit else []),
         "timings": {"wall_seconds": result.wall_seconds, "cpu_seconds": result.cpu_seconds,
@@ -79,8 +80,16 @@ def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str
                    "errors": static.get("errors", [])},
         "audit": bool(behaviour.get("audit")),
         "events": events,
-        "integrity": behaviour.get("integrity", {"flags": []}),
+        "integrity": _with_flags(behaviour.get("integrity", {"flags": []}), kernel.flags),
     })
+
+
+def _with_flags(integrity: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+    """The channel's integrity section plus the kernel trace's own flags."""
+    if not flags:
+        return integrity
+    total = integrity.get("flags_total", len(integrity.get("flags", []))) + len(flags)
+    return {**integrity, "flags": [*integrity.get("flags", []), *flags], "flags_total": total}
 
 
 def _assemble(body: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +111,7 @@ def scan_report(scan: dict[str, Any]) -> dict[str, Any]:
         "outcome": {"status": 0, "exit_code": None, "signal": None, "signal_name": None,
                     "timed_out": False, "limit": None, "error": None,
                     "stdout_truncated": False, "stderr_truncated": False, "copied_out": [],
+                    "copy_out_error": None,
                     "notes": []},
         "limits_hit": [], "timings": {"wall_seconds": 0.0, "cpu_seconds": 0.0,
                                       "peak_memory_bytes": 0, "scan_seconds": scan["seconds"]},
@@ -150,7 +160,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         "unpredicted": sum(1 for e in events if e.get("predicted") is False),
         "suspect": sum(1 for e in events if e.get("suspect")),
         "dropped": report["integrity"].get("dropped_total", 0),
-        "integrity_flags": len(report["integrity"].get("flags", [])),
+        "integrity_flags": report["integrity"].get("flags_total",
+                                                   len(report["integrity"].get("flags", []))),
     }
 
 

@@ -12,6 +12,7 @@ not proof: the provenance of every such event is `in-process`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ..host.supervise import CHANNEL_CAP
@@ -19,6 +20,7 @@ from ..host.supervise import CHANNEL_CAP
 IN_PROCESS = "in-process"
 KERNEL = "kernel/runtime"
 MAX_EVENTS = 5000
+MAX_FLAGS = 20  # integrity flags listed; past that they are counted (a job can make millions)
 TEXT_CAP = 500
 PRE_JOB = ("ready", "hello", "audit", "deps")
 
@@ -98,15 +100,49 @@ def severity_of(category: str, detail: dict[str, Any]) -> str:
     return SEVERITY.get(category, "low")
 
 
+class Flags:
+    """Integrity flags: the first MAX_FLAGS listed, every one counted. Each record a job
+    forges can raise one, so the list, the report and the host's memory stay bounded
+    whatever it writes."""
+
+    def __init__(self) -> None:
+        self.verdicts: list[str] = []  # the few about the channel as a whole: always listed
+        self.listed: list[str] = []
+        self.total = 0
+
+    def append(self, flag: str) -> None:
+        self.total += 1
+        if len(self.listed) < MAX_FLAGS:
+            self.listed.append(flag)
+
+    def verdict(self, flag: str) -> None:
+        self.total += 1
+        self.verdicts.append(flag)
+
+    def __iadd__(self, flags: Iterable[str]) -> Flags:
+        for flag in flags:
+            self.append(flag)
+        return self
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def as_list(self) -> list[str]:
+        more = self.total - len(self.verdicts) - len(self.listed)
+        tail = [f"{more} more flag(s) like these: counted, not listed"] if more else []
+        return self.verdicts + self.listed + tail
+
+
 def collect(records: list[dict], channel_bytes: int = 0) -> dict[str, Any]:
     """Behaviour events and an integrity verdict from a run's channel records."""
     audit = next((r for r in records if r.get("type") == "audit"), None)
     if audit is None:
         return {"audit": False, "events": [], "integrity": {
-            "flags": ["no audit hook record: the launcher did not reach the job"]}}
+            "flags": ["no audit hook record: the launcher did not reach the job"],
+            "flags_total": 1}}
     job_root = _text(audit.get("job_root")) or ""
     events: list[dict[str, Any]] = []
-    flags: list[str] = []
+    flags = Flags()
     by_seq: dict[int, list[dict[str, Any]]] = {}
     expected, done, host_dropped = 1, None, 0
     after_audit = False
@@ -172,12 +208,12 @@ def _event(record: dict, job_root: str, suspect: list[str]) -> dict[str, Any]:
             "suspect": "; ".join(suspect) or None}
 
 
-def _integrity(done: dict | None, events: list[dict], flags: list[str], host_dropped: int,
+def _integrity(done: dict | None, events: list[dict], flags: Flags, host_dropped: int,
                channel_bytes: int) -> dict[str, Any]:
     dropped: dict[str, int] = {}
     observed = sent = None
     if done is None:
-        flags.append("no final summary from the launcher: the job ended the interpreter "
+        flags.verdict("no final summary from the launcher: the job ended the interpreter "
                      "abruptly (os._exit, a signal, a limit), closed the channel, or it "
                      "overflowed; events after that point are unknown")
     else:
@@ -188,16 +224,17 @@ def _integrity(done: dict | None, events: list[dict], flags: list[str], host_dro
         observed, sent = _int(done.get("observed")), _int(done.get("sent"))
         honest = len([e for e in events if not e.get("suspect")])
         if sent is not None and sent != honest:
-            flags.append(f"the launcher says it sent {sent} events; {honest} arrived "
+            flags.verdict(f"the launcher says it sent {sent} events; {honest} arrived "
                          "in sequence")
     if host_dropped:
         dropped["<host cap>"] = host_dropped
     if channel_bytes > CHANNEL_CAP:
-        flags.append(f"the channel carried {channel_bytes} bytes, over detain's cap of "
+        flags.verdict(f"the channel carried {channel_bytes} bytes, over detain's cap of "
                      f"{CHANNEL_CAP}: everything past the cap was counted, not read")
     return {"observed": observed, "sent": sent, "received": len(events), "dropped": dropped,
             "dropped_total": sum(dropped.values()), "channel_bytes": channel_bytes,
-            "complete": done is not None and not flags, "flags": flags}
+            "complete": done is not None and not flags, "flags": flags.as_list(),
+            "flags_total": flags.total}
 
 
 def _attach_module_paths(events: list[dict], modules: Any) -> None:

@@ -9,35 +9,53 @@ from __future__ import annotations
 
 import ast
 import os
+import stat
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import DetainError
+from ..host import tree
 from . import checks
 
 MAX_FILES = 5000
 MAX_READ = 2 << 20
+MAX_NOTES = 20  # unreadable dirs named one by one
 SKIP_DIRS = {".git", "__pycache__", ".hg", ".svn", ".tox", ".nox", "node_modules"}
 SEVERITY_ORDER = {"high": 3, "medium": 2, "low": 1, "info": 0, "undefined": 0}
 
 
-def _walk(root: Path) -> tuple[list[Path], int]:
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """The regular files to scan, and what was left out: the tree may be hostile (a chain
+    deeper than Python's recursion, millions of entries), so host/tree.py walks it."""
     if root.is_file():
-        return [root], 0
-    files, skipped = [], 0
-    for directory, dirs, names in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        for name in sorted(names):
-            path = Path(directory, name)
-            if path.is_symlink() or not path.is_file():
-                continue
-            if len(files) >= MAX_FILES:
-                skipped += 1
-                continue
-            files.append(path)
-    return files, skipped
+        return [root], []
+    files: list[Path] = []
+    skipped, too_deep, unreadable = 0, 0, []
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    walk = tree.walk(top, failed=lambda parts, exc: unreadable.append(
+        f"{tree.shown(parts)}: {exc.strerror or exc}"))
+    try:
+        for entry in walk:
+            if entry.is_dir:
+                too_deep += entry.too_deep
+                entry.descend = True if entry.name not in SKIP_DIRS else None
+            elif stat.S_ISREG(entry.info.st_mode):
+                if len(files) >= MAX_FILES:
+                    skipped += 1
+                else:
+                    files.append(Path(root, *entry.parts))
+    finally:
+        walk.close()
+        os.close(top)
+    files.sort()
+    notes = unreadable[:MAX_NOTES]
+    if skipped:
+        notes.append(f"{skipped} file(s) past the {MAX_FILES}-file cap were not scanned")
+    if too_deep:
+        notes.append(f"{too_deep} dir(s) deeper than {tree.MAX_DEPTH} levels were not scanned")
+    return files, notes
 
 
 def _read(path: Path) -> bytes:
@@ -53,7 +71,7 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
         raise DetainError(f"scan: {path} does not exist")
     started = time.monotonic()
     root = target.parent if target.is_file() else target
-    files, skipped = _walk(target)
+    files, walk_notes = _walk(target)
     findings: list[dict[str, Any]] = []
     errors: list[str] = []
     python_files = []
@@ -68,6 +86,11 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
         if file.suffix == ".pth":
             findings += checks.check_pth(data.decode("utf-8", "replace"), rel)
         if file.suffix == ".py" or (target.is_file() and b"\0" not in data[:1024]):
+            if len(data) >= MAX_READ:  # Bandit would read all of it: a bomb for the host
+                findings.append(checks.finding(
+                    "oversized-source", "medium", "other", "Python source of 2 MiB or more: "
+                    "too large for the static scan, so nothing in it was checked", rel))
+                continue
             python_files.append(file)
             try:
                 with warnings.catch_warnings():
@@ -84,8 +107,7 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
                 item["file"] = display_name
         findings += found
         errors += bandit_errors
-    if skipped:
-        errors.append(f"{skipped} file(s) past the {MAX_FILES}-file cap were not scanned")
+    errors += walk_notes
     findings.sort(key=lambda f: (-SEVERITY_ORDER.get(f["severity"], 0), f["file"], f["line"]))
     for number, item in enumerate(findings, 1):
         item["ref"] = f"S{number}"
