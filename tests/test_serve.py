@@ -48,7 +48,9 @@ def served(state_dir):
 def test_run_goes_through_the_server(served, tmp_path):
     require("process")
     env, server, _ = served
-    probe = ("import os, sys; print(os.getppid()); print('err', file=sys.stderr); "
+    # The sandbox's parent is the run's warden (host/warden.py), a child of the server.
+    probe = ("import os, pathlib, sys; print(pathlib.Path(f'/proc/{os.getppid()}/stat')"
+             ".read_text().rpartition(')')[2].split()[1]); print('err', file=sys.stderr); "
              "print(sys.argv[1:], sys.stdin.read()); sys.exit(5)")
     done = cli(env, "run", "--backend", "process", "--min-level", "1", "-c", probe, "x", "y",
                input=b"typed")

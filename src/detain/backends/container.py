@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DetainError, ProtectionError
-from ..host import cgroups, privileges, rootfs
+from ..host import cgroups, containers, privileges, rootfs
 from ..host.rootfs import GUEST_CHANNEL, GUEST_JOB_FIFO, Bind
+from ..host.warden import Warden
 from ..policy import SCRATCH
 from ..result import Result
 from .base import Backend, Launch, RunContext
@@ -43,6 +44,7 @@ class ContainerBackend(Backend):
     warm = True
     signal_as_exit_status = True
     supports_image = False
+    delegated_cgroup = False  # the engine places the container's processes itself
     # Sub-cgroups the engine makes under the run's cgroup beside the container's own (which
     # the runtime removes): podman's "conmon". Recorded so that cleanup removes them first.
     engine_cgroups: tuple[str, ...] = ()
@@ -93,6 +95,14 @@ class ContainerBackend(Backend):
     def stop(self, ctx: RunContext) -> None:
         """Stop the container if it may still run (the engine's own kill)."""
         raise NotImplementedError
+
+    def warden(self, ctx: RunContext) -> Warden | None:
+        """Watch mode: a container runs on when its engine's client (or `runsc run`) dies
+        with detain; the warden then removes it with the command the journal holds."""
+        records = ctx.run.state.get(containers.KIND)
+        if not records:
+            return None
+        return Warden("watch", ctx.run.path, records[-1]["remove"], records[-1]["env"])
 
     def user(self, ctx: RunContext) -> tuple[int, int]:
         """The job's uid:gid: the run's fresh uid as root; else the caller's own ids (which

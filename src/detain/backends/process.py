@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ProtectionError
 from ..guest import LAUNCHER
+from ..host.warden import Warden
 from . import Probe
 from .base import Backend, Launch, RunContext
 
@@ -44,6 +45,19 @@ class ProcessBackend(Backend):
         launcher = setup.remap(str(LAUNCHER), staged)
         return Launch(ctx.guest_command(python, launcher, str(ctx.job_dir)),
                       env=self.guest_environment(ctx), cwd=str(ctx.scratch))
+
+    def warden(self, ctx: RunContext) -> Warden:
+        """Reap mode: with no pid namespace (and unprivileged no cgroup or uid either),
+        only an ancestor that is a child subreaper still holds the job's orphans."""
+        return Warden("reap", ctx.run.path)
+
+    def kill(self, ctx: RunContext, proc) -> None:
+        """The warden kills every descendant before the process group goes: killing it
+        first would hand the job's orphans to init."""
+        warden = getattr(proc, "warden", None)
+        if warden is not None:
+            warden.end(proc)
+        super().kill(ctx, proc)
 
     def guest_home(self, ctx: RunContext) -> str:
         return str(ctx.scratch)  # no mount namespace: the host path is the sandbox's

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from .warden import Warden
 
 CHANNEL_CAP = 4 << 20  # guest/audit.py keeps its events under 3 MiB
 RECORD_CAP = 64 << 10
@@ -83,19 +86,44 @@ def _feed_stdin(pipe, stdin: bytes | int) -> None:
 
 def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: str | None = None,
           preexec: Callable[[], None] | None = None, pass_fds: Sequence[int] = (),
-          close_after_start: list[int] | None = None) -> subprocess.Popen:
+          close_after_start: list[int] | None = None,
+          warden: Warden | None = None) -> subprocess.Popen:
     """Start the sandbox process, its stdin a pipe `supervise` feeds (or closes) later.
 
     `close_after_start` holds fds only the child needs (the channel's write end): they are
     closed, and removed from the list, as soon as the child exists, so EOF can arrive.
+    With a `warden` (host/warden.py), the process started is the warden in reap mode, or
+    is watched by one; it is kept as `proc.warden`, armed and released by `supervise`.
     """
-    proc = subprocess.Popen(
-        argv, env=env, cwd=cwd, preexec_fn=preexec, pass_fds=tuple(pass_fds),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True, close_fds=True)
+    if warden is not None:
+        preexec = warden.preexec(preexec)
+    try:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, preexec_fn=preexec, pass_fds=tuple(pass_fds),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, close_fds=True)
+    except BaseException:
+        if warden is not None:
+            warden.done()
+        raise
+    proc.warden = warden
+    if warden is not None:
+        try:
+            warden.started(proc)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            warden.done()
+            raise
     while close_after_start:
         os.close(close_after_start.pop())
     return proc
+
+
+def _release_warden(proc: subprocess.Popen) -> None:
+    warden = getattr(proc, "warden", None)
+    if warden is not None:
+        warden.done()
 
 
 def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr: Capture,
@@ -108,8 +136,11 @@ def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr
     waits for its job without spending the job's time. `extra` are more (fd, sink) streams
     to read and drain like stdout/stderr (a VM's ports). `cancel` is an fd whose readiness
     (a client that hung up) ends the run like a timeout, without the timeout's status.
+    The run's warden is armed with the same clock, so a stopped detain cannot stretch it.
     """
     started = time.monotonic()
+    if getattr(proc, "warden", None) is not None:
+        proc.warden.arm(timeout)
     if stdin is None:
         proc.stdin.close()
         feeder = None
@@ -169,6 +200,7 @@ def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr
         if proc.returncode is None:
             kill(proc)
             proc.wait()
+        _release_warden(proc)
     return Outcome(returncode, rusage, timed_out, stdout, stderr, records,
                    channel_state["bytes"], started, ended)
 
@@ -203,6 +235,7 @@ def discard(proc: subprocess.Popen, kill: Callable[[subprocess.Popen], None]) ->
     """End a sandbox that never got its job (a spare no longer wanted) and reap it."""
     kill(proc)
     proc.wait()
+    _release_warden(proc)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         try:
             pipe.close()

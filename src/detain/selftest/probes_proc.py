@@ -1,4 +1,5 @@
-"""Process probes: reach host processes, outlive the run, exhaust the process table.
+"""Process probes: reach host processes or detain's server, outlive the run, exhaust the
+process table.
 
 Whether something outlived the run is checked after every probe by the runner (any of
 the job's processes still alive on the host is an escape), so the probes here that only
@@ -7,9 +8,13 @@ try to survive need no check of their own.
 
 from __future__ import annotations
 
+import os
+
+from ..errors import DetainError
+from ..paths import server_socket
 from . import hostview
 from .bait import MEMORY_MARKER, Bait
-from .model import Attack, Outcome, leaked, probe, program
+from .model import Attack, NotApplicable, Outcome, leaked, probe, program
 
 
 def _nothing(_out: Outcome) -> None:
@@ -84,9 +89,9 @@ def double_fork(bait: Bait) -> Attack:
     return Attack(program(bait.tag, body), _nothing)
 
 
-@probe("processes", "daemonize", "daemonize (setsid, double fork, detach stdio, ignore "
+@probe("processes", "setsid-daemon", "daemonize (setsid, double fork, detach stdio, ignore "
        "SIGHUP/SIGTERM) to outlive the run")
-def daemonize(bait: Bait) -> Attack:
+def setsid_daemon(bait: Bait) -> Attack:
     body = """
     import signal, time
     if os.fork() == 0:
@@ -142,3 +147,50 @@ def fork_bomb(bait: Bait) -> Attack:
     return Attack(program(bait.tag, body, wait=True), count_check(32),
                   settings={"processes": 32, "timeout": 10},
                   observe=hostview.watcher(bait.tag))
+
+
+@probe("processes", "serve-socket", "connect to the caller's `detain serve` socket (by "
+       "path, through /proc/self/root, relative to the run dir) to run a job outside the "
+       "sandbox")
+def serve_socket(bait: Bait) -> Attack:
+    from ..cli.serve_cmd import _listen
+
+    path = server_socket()
+    try:
+        listener = _listen(path)  # serve's own socket: same place, same mode
+    except DetainError as exc:
+        raise NotApplicable(f"no bait socket where detain serve listens: {exc}") from None
+    inode = os.lstat(path).st_ino
+
+    def close() -> None:
+        listener.close()
+        try:
+            if os.lstat(path).st_ino == inode:
+                os.unlink(path)
+        except OSError:
+            pass
+    bait.on_close(close)
+    listener.setblocking(False)
+    body = """
+    import socket
+    targets = [PATH, '/proc/self/root' + PATH, '../../' + os.path.basename(PATH),
+               '../../../' + os.path.basename(PATH)]
+    for target in targets:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+            try:
+                with socket.socket(socket.AF_UNIX, kind) as sock:
+                    sock.settimeout(1)
+                    sock.connect(target)
+                    sock.sendall(b'run')
+            except OSError as exc:
+                print(target, kind, type(exc).__name__)
+    """
+
+    def check(_out: Outcome) -> str | None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        conn.close()
+        return f"a connection reached the detain serve socket {path}"
+    return Attack(program(bait.tag, body, PATH=path), check)
