@@ -54,7 +54,8 @@ def test_copy_out_never_follows_symlinks(backend, tmp_path):
 def test_copy_out_is_size_capped(backend, tmp_path):
     out = tmp_path / "out"
     code = "open('big', 'wb').write(b'x' * (3 << 20))\nopen('small', 'wb').write(b'y')"
-    result = run(backend, code, disk="4M", copy_out=[f"big:{out}", f"small:{out}"])
+    result = run(backend, code, disk="4M", limits_scope="per-process",  # the cap on copy-out
+                 copy_out=[f"big:{out}", f"small:{out}"])
     assert result.status == 0, result.stderr
     assert (out / "big").stat().st_size == 3 << 20
     assert (out / "small").exists()

@@ -113,6 +113,12 @@ class Limits:
     disk_bytes: int = 256 << 20
     output_bytes: int = 4 << 20
     open_files: int = 256
+    # "auto": a memory or disk limit that was set (`asked`) must hold for all the job's
+    # processes or files together, or the run is refused; defaults hold as well as the
+    # host allows, and the result says how. "total": every one must. "per-process":
+    # per-process memory and a per-file disk cap are accepted where nothing better exists.
+    scope: str = "auto"
+    asked: frozenset[str] = frozenset()  # the limits some source set (not a setting)
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ class Policy:
                 raise PolicyError(f"{source}: unknown setting {key!r} (known: {known})")
             target, attr, convert = _SETTERS[name]
             (limits if target == "limits" else policy)[attr] = convert(value, f"{source}: {key}")
+        if limits:
+            limits["asked"] = self.limits.asked | frozenset(limits)
         merged = replace(self, **policy)
         if limits:
             merged = replace(merged, limits=replace(self.limits, **limits))
@@ -358,25 +366,35 @@ _SETTERS = {
     "disk": ("limits", "disk_bytes", _bounded_size(1 << 20)),
     "output": ("limits", "output_bytes", _bounded_size(1024)),
     "open_files": ("limits", "open_files", _count(16, 65536)),
+    "limits_scope": ("limits", "scope", _choice(("total", "per-process"))),
 }
-assert {f.name for f in fields(Limits)} == {s[1] for s in _SETTERS.values() if s[0] == "limits"}
+assert {f.name for f in fields(Limits)} - {"asked"} == {
+    s[1] for s in _SETTERS.values() if s[0] == "limits"}
 
 
 def load_toml(path: Path, section: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a policy table from a TOML file; a missing section means no settings."""
     try:
         text = path.read_text(encoding="utf-8")
-        if section and section[-1] not in text:
-            return {}  # most pyproject.toml files say nothing to detain: skip the parser
-        import tomllib
-
-        data = tomllib.loads(text)
     except FileNotFoundError:
         raise PolicyError(f"policy file {path} does not exist") from None
-    except (ValueError, OSError) as exc:  # TOMLDecodeError and UnicodeDecodeError included
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError included
         raise PolicyError(f"{path}: not a readable TOML file ({exc})") from None
+    return parse_toml(text, str(path), section)
+
+
+def parse_toml(text: str, source: str, section: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The table at `section` of TOML text; a missing section means no settings."""
+    if section and section[-1] not in text:
+        return {}  # most pyproject.toml files say nothing to detain: skip the parser
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError
+        raise PolicyError(f"{source}: not a readable TOML file ({exc})") from None
     for key in section:
         data = data.get(key, {})
         if not isinstance(data, dict):
-            raise PolicyError(f"{path}: [{'.'.join(section)}] must be a table")
+            raise PolicyError(f"{source}: [{'.'.join(section)}] must be a table")
     return data

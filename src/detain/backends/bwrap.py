@@ -5,6 +5,11 @@ nothing needs installing. The sandbox sees read-only system dirs and interpreter
 /tmp, its own /proc and /dev, no network but loopback, no host environment (bwrap itself
 starts with an empty one, so not even /proc shows the caller's), and one writable
 scratch dir. Running as root, bwrap is started as the run's fresh unprivileged uid.
+
+The disk cap is a total where scratch is a size-capped tmpfs: detain's own as root, and
+bwrap's (`--size`) unprivileged when nothing is copied out (the host cannot read a tmpfs of
+bwrap's mount namespace after the run). With --copy-out, an ordinary user's scratch is a
+host dir that the host watches.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ..host import seccomp
 from ..host.tools import tool_version
 from ..net import GUEST_NET_DIR
 from ..policy import SCRATCH
+from ..units import format_size
 from . import Probe
 from .base import SANDBOX_UID, Backend, Launch, RunContext
 
@@ -145,8 +151,11 @@ class BwrapBackend(Backend):
         args += ["--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/tmp",
                  "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/dev/shm",
                  "--ro-bind", setup.remap(str(LAUNCHER.parent), staged), GUEST_DIR,
-                 "--ro-bind", str(ctx.job_dir), GUEST_JOB,
-                 "--bind", str(ctx.scratch), SCRATCH]
+                 "--ro-bind", str(ctx.job_dir), GUEST_JOB]
+        if ctx.uid is None and self.scratch_capped(ctx):
+            args += ["--perms", "0700", "--size", str(lim.disk_bytes), "--tmpfs", SCRATCH]
+        else:
+            args += ["--bind", str(ctx.scratch), SCRATCH]
         if ctx.network is not None:  # the allow-list proxy's socket: the only way out
             args += ["--ro-bind", str(ctx.network.host_dir), GUEST_NET_DIR]
         for mount in ctx.policy.mounts:
@@ -161,10 +170,15 @@ class BwrapBackend(Backend):
         ctx.extra["bwrap"] = ".".join(map(str, found[1]))
         return Launch(args, env={}, pass_fds=(seccomp_fd,))
 
+    def scratch_capped(self, ctx: RunContext) -> bool:
+        return ctx.uid is not None or not ctx.policy.copy_out
+
     def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
+        size = format_size(ctx.policy.limits.disk_bytes)
         return {"bwrap": ctx.extra.get("bwrap"), "bwrap_environment": "empty",
                 "read_only": ["/", "/usr", *ctx.interpreter.bind_dirs, GUEST_JOB],
-                "writable": [SCRATCH, "/tmp (private tmpfs)", "/dev/shm (private tmpfs)"]
+                "writable": [SCRATCH, f"/tmp (private tmpfs, {size})",
+                             f"/dev/shm (private tmpfs, {size})"]
                 + [m.sandbox for m in ctx.policy.mounts if m.writable]}
 
 

@@ -44,6 +44,7 @@ NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 
 class MicroVMBackend(Backend):
     name = "microvm"
+    own_limits = True  # the guest kernel's cgroup and file systems hold them
 
     def probe(self) -> Probe:
         if platform.machine() != "x86_64":
@@ -186,17 +187,17 @@ class MicroVMBackend(Backend):
         ended (so nothing it did can be waiting in there), and make that the run's scratch:
         the shared lifecycle's copy-out then copies from it as from any local scratch dir."""
         if spool.total == 0:
-            result.notes.append("copy-out: nothing came back from the VM (the job did not "
-                                "end by itself)")
+            result.copy_out_error = ("copy-out incomplete: nothing came back from the VM (the "
+                                     "job did not end by itself)")
             return
         into = ctx.run.subdir("copy-out", 0o700)
         unpacked = transfer.unpack(spool.file, into, ctx.policy.copy_out,
                                    ctx.policy.limits.disk_bytes)
         ctx.scratch = into
         if spool.truncated:
-            result.notes.append(f"copy-out: the VM sent more than {spool.cap} bytes; the rest "
-                                "was dropped")
-        result.notes += [f"copy-out skipped {item}" for item in unpacked.skipped]
+            unpacked.skip("the rest", f"the VM sent more than {spool.cap} bytes")
+        result.notes += unpacked.notes
+        result.copy_out_error = unpacked.error
 
     def host_assurance(self, ctx: RunContext, seen: dict[str, Any]) -> dict[str, Any]:
         prepared = ctx.extra["prepared"]

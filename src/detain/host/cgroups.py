@@ -3,6 +3,12 @@
 Limits are written, then read back: what the Result reports is what the kernel accepted.
 The kernel's own counters (OOM kills, pids.max hits, peak memory) are observations the
 job cannot forge, unlike anything said from inside the sandbox.
+
+As root, detain makes its own groups. As an ordinary user, only a cgroup v2 subtree the
+system delegated to the user (a systemd user session's) can hold a run's memory and
+processes as totals: detain's own group, when it is writable and has the memory and pids
+controllers. cgroup v2 lets no group with processes enable controllers for children, so the
+processes in it are first moved to a leaf of their own (`detain-host`), beside the runs'.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from .rundir import RunDir, cleaner
 
 ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "freezer", "cpuacct")
+DELEGATED_CONTROLLERS = ("memory", "pids")
+HOST_LEAF = "detain-host"
 
 
 def _write(path: Path, value: str) -> None:
@@ -51,11 +59,43 @@ def version() -> int | None:
     return None
 
 
+def unified_mount() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted: the root, or `unified` on a hybrid host."""
+    for path in (ROOT, ROOT / "unified"):
+        if (path / "cgroup.controllers").exists():
+            return path
+    return None
+
+
+def delegation() -> tuple[Path | None, str]:
+    """This process's own cgroup v2 group when it is delegated to this user, or None and
+    why not (in words that fit after "because")."""
+    mount = unified_mount()
+    if mount is None:
+        return None, "this host has no cgroup v2 hierarchy"
+    own = next((line[3:].strip() for line in _read(Path("/proc/self/cgroup")).splitlines()
+                if line.startswith("0::")), None)
+    if own is None:
+        return None, "detain is in no cgroup v2 group"
+    base = mount / own.lstrip("/")
+    if base.name == HOST_LEAF:  # moved there by an earlier run of this process
+        base = base.parent
+    available = _read(base / "cgroup.controllers").split()
+    missing = [c for c in DELEGATED_CONTROLLERS if c not in available]
+    if missing:
+        return None, f"its cgroup v2 group {base} has no {' or '.join(missing)} controller"
+    if not all(os.access(p, os.W_OK) for p in (base, base / "cgroup.procs",
+                                                base / "cgroup.subtree_control")):
+        return None, f"its cgroup v2 group {base} is not delegated to this user"
+    return base, ""
+
+
 @dataclass
 class Cgroup:
     version: int
     dirs: dict[str, Path]
     applied: dict[str, int] = field(default_factory=dict)
+    delegated: bool = False  # in the user's delegated subtree, not one detain made as root
 
     @classmethod
     def create(cls, run: RunDir, memory: int, pids: int) -> Cgroup | None:
@@ -80,6 +120,30 @@ class Cgroup:
             run.record("cgroup", str(path))
             path.mkdir(parents=True)
         group = cls(ver, dirs)
+        group._limit(memory, pids)
+        return group
+
+    @classmethod
+    def in_delegation(cls, run: RunDir, memory: int, pids: int) -> Cgroup | None:
+        """A fresh group for this run inside the user's delegated subtree, or None."""
+        base, _ = delegation()
+        if base is None:
+            return None
+        enabled = _read(base / "cgroup.subtree_control").split()
+        if not all(c in enabled for c in DELEGATED_CONTROLLERS):
+            leaf = base / HOST_LEAF
+            leaf.mkdir(exist_ok=True)
+            for pid in _read(base / "cgroup.procs").split():
+                try:
+                    _write(leaf / "cgroup.procs", pid)
+                except ProcessLookupError:
+                    continue
+            _write(base / "cgroup.subtree_control",
+                   " ".join("+" + c for c in DELEGATED_CONTROLLERS))
+        path = base / run.path.name
+        run.record("cgroup", str(path))
+        path.mkdir()
+        group = cls(2, {"unified": path}, delegated=True)
         group._limit(memory, pids)
         return group
 
@@ -171,7 +235,7 @@ def remove_cgroup(path_text: str) -> None:
     path = Path(path_text)
     if not path.exists():
         return
-    ver = 2 if path.parent.parent == ROOT else 1
+    ver = 2 if (path / "cgroup.controllers").exists() else 1
     if ver == 1:
         kill_cgroup(1, {path.parent.parent.name: path})
     else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import hostview
@@ -10,6 +13,8 @@ from .model import Attack, Outcome, probe, program
 from .probes_proc import count_check
 
 MIB = 1 << 20
+CHILDREN = 12
+REFUSED = "--limits-scope per-process"  # what a refused total names as the alternative
 
 
 def _rss(procs: list[hostview.Proc]) -> int:
@@ -23,6 +28,156 @@ def _rss(procs: list[hostview.Proc]) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def pss_total(procs: list[hostview.Proc]) -> int:
+    """The memory the processes hold together: shared pages counted once (PSS), as a
+    cgroup charges them, not once per process as RSS would."""
+    total = 0
+    for proc in procs:
+        try:
+            text = Path(f"/proc/{proc.pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) * 1024 for line in text.splitlines()
+                     if line.startswith("Pss:"))
+    return total
+
+
+class Peak:
+    """The highest value `measure` gives over the job's live processes, sampled by a host
+    thread for the whole run: a job the host ends early is judged by what it held."""
+
+    def __init__(self, tag: str, measure: Callable[[list[hostview.Proc]], int],
+                 seconds: float = 60.0) -> None:
+        self.peak = 0
+        self.seen = False  # whether any job process was visible to the host at all
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(tag, measure, seconds),
+                                        daemon=True)
+        self._thread.start()
+
+    def _sample(self, tag: str, measure, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.wait(0.02) and time.monotonic() < deadline:
+            procs = [p for p in hostview.job_processes(tag) if p.alive]
+            if procs:
+                self.seen = True
+                self.peak = max(self.peak, measure(procs))
+
+    def stop(self, out: Outcome | None = None) -> int:
+        """The peak; with the run's outcome, n/a when the host never saw the job's
+        processes (another kernel's) unless the run was refused before any existed."""
+        self._stop.set()
+        self._thread.join()
+        if out is not None and not self.seen and not _refused(out):
+            hostview.seen([])
+        return self.peak
+
+
+def scratch_bytes(procs: list[hostview.Proc]) -> int:
+    """The job's scratch dir (its working directory on every backend), measured through
+    /proc on the host, never following a link of the job's."""
+    return max((hostview.tree_bytes(f"/proc/{p.pid}/cwd/.") for p in procs[:1]), default=0)
+
+
+def _refused(out: Outcome) -> bool:
+    return out.result is None and REFUSED in (out.error or "")
+
+
+@probe("resources", "memory-total", f"{CHILDREN} forked processes each hold 24 MiB under a "
+       "64 MiB memory limit (a total, not a per-process cap)", dangerous=True)
+def memory_total(bait: Bait) -> Attack:
+    limit = 64 * MIB
+    body = """
+    import select, time
+    read_end, write_end = os.pipe()
+    for _ in range(CHILDREN):
+        if os.fork() == 0:
+            os.close(read_end)
+            try:
+                held = bytearray(24 << 20)
+                for offset in range(0, len(held), 4096):
+                    held[offset] = 1
+                os.write(write_end, b'1')
+            except MemoryError:
+                os._exit(3)
+            time.sleep(30)
+            os._exit(0)
+    os.close(write_end)
+    got, deadline = 0, time.monotonic() + 4
+    while got < CHILDREN and time.monotonic() < deadline:
+        if select.select([read_end], [], [], deadline - time.monotonic())[0]:
+            chunk = os.read(read_end, 64)
+            if not chunk:
+                break
+            got += len(chunk)
+    ready()
+    """
+    peak = Peak(bait.tag, pss_total)
+
+    def check(out: Outcome) -> str | None:
+        if _refused(out):
+            peak.stop()
+            return None
+        # The run's cgroup peak is the kernel's count (where there is one), read by the host.
+        kernel = out.result.peak_memory_bytes if out.result and out.result.assurance.get(
+            "cgroup") else 0
+        held = max(kernel, peak.stop() if kernel else peak.stop(out))
+        if held > limit * 1.25:
+            return f"{CHILDREN} processes held {held // MIB} MiB together under a " \
+                   f"{limit // MIB} MiB limit"
+        return None
+    return Attack(program(bait.tag, body, wait=True, CHILDREN=CHILDREN), check,
+                  settings={"memory": "64M", "timeout": 30})
+
+
+def _disk_total(bait: Bait, settings: dict) -> Attack:
+    """12 processes write 8 files of 1 MiB each into scratch under an 8 MiB cap: contained
+    when the run is refused or scratch never held more than the cap (plus a block's slack),
+    as the host sees it through the job's working directory."""
+    cap = 8 * MIB
+    body = """
+    block = b'x' * (1 << 20)
+    kids = []
+    for number in range(CHILDREN):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.mkdir('fill-%d' % number)
+                for part in range(8):
+                    with open('fill-%d/%d' % (number, part), 'wb') as handle:
+                        handle.write(block)
+            except OSError:
+                os._exit(1)
+            os._exit(0)
+        kids.append(pid)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    ready()
+    """
+    peak = Peak(bait.tag, scratch_bytes)
+
+    def check(out: Outcome) -> str | None:
+        held = peak.stop(out)
+        if _refused(out) or held <= cap + MIB:
+            return None
+        return f"the job held {held // MIB} MiB in scratch under an {cap // MIB} MiB disk cap"
+    return Attack(program(bait.tag, body, wait=True, CHILDREN=CHILDREN), check,
+                  settings={"disk": "8M", "timeout": 30, **settings})
+
+
+@probe("resources", "disk-total", f"{CHILDREN} forked processes write 8 files of 1 MiB "
+       "each into scratch under an 8 MiB disk cap (a total, not a per-file cap)",
+       dangerous=True)
+def disk_total(bait: Bait) -> Attack:
+    return _disk_total(bait, {})
+
+
+@probe("resources", "disk-total-copy-out", "the same with --copy-out, so scratch must stay "
+       "readable by the host after the run", dangerous=True)
+def disk_total_copy_out(bait: Bait) -> Attack:
+    return _disk_total(bait, {"copy_out": [f"fill-0:{bait.subdir('out')}"]})
 
 
 @probe("resources", "memory", "allocate 1 GiB under a 128 MiB memory limit", dangerous=True)
@@ -63,12 +218,12 @@ def cpu(bait: Bait) -> Attack:
                   settings={"cpu": 1, "timeout": 15})
 
 
-@probe("resources", "disk", "fill scratch, /tmp and /dev/shm past a 4 MiB disk cap, one "
-       "file at a time (each under the per-file limit)")
+@probe("resources", "disk", "fill /tmp and /dev/shm past a 4 MiB disk cap, one file at a "
+       "time (each under the per-file limit; scratch: disk-total)")
 def disk(bait: Bait) -> Attack:
     cap = 4 * MIB
-    places = ["/scratch/fill", f"/tmp/fill-{bait.tag}", f"/dev/shm/fill-{bait.tag}"]
-    cleanup = bait.canaries(places[1:])
+    places = [f"/tmp/fill-{bait.tag}", f"/dev/shm/fill-{bait.tag}"]
+    cleanup = bait.canaries(places)
     body = """
     block = b'x' * (1 << 20)
     for place in PLACES:
