@@ -19,6 +19,18 @@ EXPECTED = {
 }
 
 
+# Backends whose job cannot create a socket at all (no network namespace of their own, so
+# seccomp denies socket()): the connect on that line never happens, so it has no event.
+NO_SOCKETS = ("landlock",)
+
+
+def expected(backend: str) -> dict[str, tuple[str, str]]:
+    """The deeds the payload really does on `backend`."""
+    if backend in NO_SOCKETS:
+        return {k: v for k, v in EXPECTED.items() if k != "connect"}
+    return EXPECTED
+
+
 def marker_lines() -> dict[str, int]:
     lines = {}
     for number, text in enumerate(PAYLOAD.read_text().splitlines(), 1):

@@ -10,7 +10,7 @@ import detain
 from conftest import run
 from detain.backends import BACKENDS
 from detain.report.events import MAX_EVENTS, collect
-from report_helpers import EXPECTED, PAYLOAD, marker_lines
+from report_helpers import PAYLOAD, expected, marker_lines
 
 
 def run_payload(backend: str):
@@ -22,7 +22,7 @@ def test_suspicious_payload_events_have_file_and_line(backend):
     assert result.status == 0, result.stderr
     events = result.behaviour["events"]
     lines = marker_lines()
-    for marker, (name, category) in EXPECTED.items():
+    for marker, (name, category) in expected(backend).items():
         hits = [e for e in events if e["event"] == name and e["line"] == lines[marker]]
         assert hits, f"{marker}: no {name} event at payload.py:{lines[marker]}"
         assert hits[0]["file"] == "payload.py"

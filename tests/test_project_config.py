@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,60 @@ def test_sandbox_paths_cannot_smuggle_engine_options():
         Policy().merge({"mount": ["/tmp:/mnt/x,source=/etc"]}, "test")
     with pytest.raises(PolicyError, match="may not contain"):
         Policy().merge({"copy_out": ["/scratch/a\nb:/tmp"]}, "test")
+
+
+def _suite(root: Path) -> Path:
+    project = root / "suite"
+    project.mkdir()
+    (project / "test_ok.py").write_text("def test_ok():\n    pass\n")
+    return project
+
+
+def test_a_projects_modules_never_run_on_the_host(tmp_path):
+    """`python -m pip` from the checkout once imported the project's pip.py as the caller."""
+    require("bwrap")
+    project = _suite(tmp_path)
+    canary = tmp_path / "PWNED"
+    hook = f"open({str(canary)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in ("pip.py", "re.py", "runpy.py", "sitecustomize.py"):
+        (project / name).write_text(hook)
+    # The console script, as users run it (`python -m detain` would itself put the
+    # working directory on sys.path, the caller's own choice).
+    script = str(Path(sys.executable).with_name("detain"))
+    done = subprocess.run([script, "pytest", "--backend", "bwrap"], cwd=project,
+                          capture_output=True)
+    assert not canary.exists(), canary.read_text()
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "huge", "fifo"])
+def test_a_projects_requirements_file_is_read_as_hostile_data(tmp_path, kind):
+    project = _suite(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("ghp-detain-secret-token\n")
+    secret.chmod(0o600)
+    requirements = project / "requirements.txt"
+    if kind == "symlink":
+        requirements.symlink_to(secret)
+    elif kind == "huge":
+        requirements.write_text("attrs\n" * 400_000)
+    else:
+        os.mkfifo(requirements)
+    done = detain_cli("pytest", "--backend", "bwrap", cwd=project, timeout=120)
+    assert b"ghp-detain-secret-token" not in done.stdout + done.stderr
+    assert b"Traceback" not in done.stderr
+    if kind == "fifo":  # not a regular file: not a requirements list
+        assert done.returncode == 0, done.stderr[-2000:]
+    else:
+        assert done.returncode == 2 and done.stderr.count(b"\n") == 1, done.stderr
+        assert (b"is a symlink" if kind == "symlink" else b"larger than") in done.stderr
+
+
+def test_a_symlinked_script_is_not_followed(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("password: detain-secret\n")
+    secret.chmod(0o600)
+    (tmp_path / "main.py").symlink_to(secret)
+    done = detain_cli("run", "--backend", "bwrap", "main.py", cwd=tmp_path)
+    assert done.returncode == 2 and b"is a symlink" in done.stderr
+    assert b"detain-secret" not in done.stdout + done.stderr

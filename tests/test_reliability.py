@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 import detain
 from conftest import ROOT, detain_cli, leftovers, require
 from detain.backends import AUTO_ORDER, BACKENDS, probe
+from detain.config import load_policy
 from detain.errors import DetainError
-from detain.policy import CopyOut, Mount, Policy, load_policy
+from detain.policy import CopyOut, Mount, Policy
 
 
 def _default_backend() -> str:

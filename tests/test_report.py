@@ -14,12 +14,12 @@ import pytest
 import detain
 from conftest import REPO, detain_cli, require, run
 from detain.backends import BACKENDS
-from detain.policy import load_policy
+from detain.config import load_policy
 from detain.report.build import build_report, fail_on
 from detain.report.output import render
 from detain.report.suggest import suggest_policy
 from detain.scan import scan
-from report_helpers import EXPECTED, PAYLOAD, marker_lines
+from report_helpers import PAYLOAD, expected, marker_lines
 
 SARIF_SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
 REPORT_SCHEMA = json.loads((REPO / "src/detain/report/schema.json").read_text())
@@ -36,7 +36,7 @@ def test_json_report_has_every_deed_and_validates(backend):
     report = payload_report(backend)
     jsonschema.Draft202012Validator(REPORT_SCHEMA).validate(report)
     lines = marker_lines()
-    for marker, (name, _) in EXPECTED.items():
+    for marker, (name, _) in expected(backend).items():
         assert any(e["event"] == name and e["file"] == "payload.py"
                    and e["line"] == lines[marker] for e in report["events"]), marker
     exec_finding = next(f for f in report["static"]["findings"] if f["rule"] == "exec-decoded")
@@ -54,7 +54,7 @@ def test_sarif_validates_and_locates_every_deed(backend):
     lines = marker_lines()
     located = {(r["ruleId"].split("/")[-1], r["locations"][0]["physicalLocation"]["region"]
                 ["startLine"]) for r in dynamic_run["results"] if r["locations"]}
-    for marker, (name, _) in EXPECTED.items():
+    for marker, (name, _) in expected(backend).items():
         assert (name, lines[marker]) in located, marker
     assert any(r["ruleId"] == "detain/exec-decoded" for r in static_run["results"])
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PolicyError
-from .policy import Limits, Policy, load_toml
+from .policy import Limits, Policy, load_toml, parse_toml
+from .project_files import read_project_file
 from .units import format_size
 
 USER_CONFIG = Path("detain") / "policy.toml"
@@ -126,17 +127,11 @@ def tighten(policy: Policy, table: Mapping[str, Any], source: str) -> tuple[Poli
 
 def read_project_table(project_dir: str | os.PathLike) -> tuple[dict[str, Any], str] | None:
     """`[tool.detain]` of the project's pyproject.toml, read as untrusted data, or None."""
-    path = Path(project_dir) / PROJECT_FILE
-    try:
-        info = os.stat(path)
-    except OSError:
+    text = read_project_file(project_dir, PROJECT_FILE, PROJECT_CAP)
+    if text is None:
         return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    if info.st_size > PROJECT_CAP:
-        raise PolicyError(f"{path}: larger than {format_size(PROJECT_CAP)}; not read as "
-                          "project config (drop --project-config)")
-    return load_toml(path, ("tool", "detain")), f"{path} [tool.detain]"
+    source = f"{Path(project_dir) / PROJECT_FILE} [tool.detain]"
+    return parse_toml(text, source, ("tool", "detain")), source
 
 
 def configure(policy_file: str | os.PathLike | None = None,

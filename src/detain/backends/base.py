@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DetainError
-from ..host import cgroups, deps, privileges, rundir
-from ..host.copyout import copy_out
+from ..host import cgroups, deps, privileges, rundir, totals
+from ..host.copyout import bring_out
+from ..host.disk_watch import DiskWatch
 from ..host.interpreter import Interpreter, find_interpreter
 from ..host.jobmessage import launcher_message
 from ..host.supervise import Capture, Outcome, await_ready, discard, spawn, supervise
+from ..host.warden import Warden
 from ..job import Job
 from ..policy import SCRATCH, Policy
 from ..report.events import collect as collect_events
@@ -166,6 +169,11 @@ class Backend:
     # True: the sandbox has a network namespace of its own, and `launch` shows
     # ctx.network.host_dir at net.GUEST_NET_DIR, so an allow-list can be enforced.
     own_network_namespace = False
+    # True: the sandbox process is detain's own child, so (unprivileged) it can join a run
+    # cgroup in the user's delegated cgroup v2 subtree; an engine places its own.
+    delegated_cgroup = True
+    # True: the sandbox has a kernel of its own that holds every limit as a total inside.
+    own_limits = False
 
     @property
     def level(self) -> int:
@@ -191,6 +199,16 @@ class Backend:
             ctx.cgroup.kill()
         elif ctx.uid is not None:
             privileges.kill_uid(ctx.uid)
+
+    def warden(self, ctx: RunContext) -> Warden | None:
+        """The run's warden (host/warden.py): it ends the sandbox process on the wall
+        clock even if detain is stopped, and sweeps the run at once if detain dies."""
+        return Warden("watch", ctx.run.path)
+
+    def scratch_capped(self, ctx: RunContext) -> bool:
+        """Whether the scratch dir is a size-capped tmpfs (the disk cap a total the kernel
+        holds): detain mounts one as root; otherwise the host can only watch it."""
+        return ctx.uid is not None
 
     def host_limits(self, policy: Policy) -> tuple[int, int]:
         """Memory and process caps of the host cgroup that holds the whole sandbox."""
@@ -259,7 +277,8 @@ class Backend:
             started.proc = spawn(launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),
                                  preexec=ctx.setup if ctx.setup.needed() else None,
                                  pass_fds=tuple(started.child_fds),
-                                 close_after_start=started.child_fds)
+                                 close_after_start=started.child_fds,
+                                 warden=self.warden(ctx))
             if job is None:
                 await_ready(started.proc, started.channel_fd, policy.limits.wall_seconds)
         except BaseException:
@@ -298,22 +317,36 @@ class Backend:
                                                                        DIAGNOSTICS_CAP)
                 extra += [(launch.job_output[0], out.feed), (launch.job_output[1], err.feed)]
             proc, started.proc = started.proc, None
-            outcome = supervise(
-                proc, timeout=policy.limits.wall_seconds, stdout=own_out, stderr=own_err,
-                stdin=job.stdin, channel=started.channel_fd,
-                kill=lambda proc: self.kill(ctx, proc), extra=extra, cancel=cancel)
+            watch = None if self.scratch_capped(ctx) or self.own_limits else DiskWatch(
+                ctx.scratch, policy.limits.disk_bytes, lambda: self.kill(ctx, proc))
+            try:
+                outcome = supervise(
+                    proc, timeout=policy.limits.wall_seconds, stdout=own_out, stderr=own_err,
+                    stdin=job.stdin, channel=started.channel_fd,
+                    kill=lambda proc: self.kill(ctx, proc), extra=extra, cancel=cancel)
+            finally:
+                over = watch.finish() if watch is not None else None
+                peak = watch.peak if watch is not None else 0
             outcome.stdout, outcome.stderr = out, err
             self._fill(result, ctx, outcome)
+            if over is not None and result.assurance:
+                result.limit = "disk"
+                result.notes.append(f"disk limit hit: {over} (cap {policy.limits.disk_bytes >> 20}"
+                                    f" MiB, {peak >> 20} MiB seen by the host); the job was "
+                                    "ended")
             if started.network is not None:
                 started.network.finish(result)
             if policy.copy_out and result.error is None:
-                report = copy_out(ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
-                result.copied_out = report.copied
-                result.notes += [f"copy-out skipped {item}" for item in report.skipped]
+                bring_out(result, ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
             ended = True
         finally:
             if ended and defer is not None:
                 defer(lambda: self._release(started))
+            elif ended:
+                try:
+                    self._release(started)
+                except DetainError as exc:  # the Result stands (rule 3); say what was left
+                    result.notes.append(f"cleanup: {exc}")
             else:
                 self._release(started)
         return result
@@ -362,7 +395,19 @@ class Backend:
     def _stage_script(job: Job, job_dir: Path) -> None:
         if job.kind == "script":
             staged = job_dir / Path(job.target).name
-            shutil.copyfile(job.target, staged)
+            try:
+                source = os.open(job.target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                 | os.O_CLOEXEC)
+            except OSError as exc:
+                raise DetainError(f"script {job.target!r}: {exc.strerror} (a symlink or a "
+                                  "file that went away is not run)") from None
+            try:
+                if not stat.S_ISREG(os.fstat(source).st_mode):
+                    raise DetainError(f"script {job.target!r} is no longer a regular file")
+                with open(source, "rb", closefd=False) as src, open(staged, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            finally:
+                os.close(source)
             os.chmod(staged, 0o644)
 
     def _prepare(self, job: Job | None, policy: Policy, run: rundir.RunDir,
@@ -387,10 +432,33 @@ class Backend:
             except OSError as exc:
                 raise DetainError(f"could not set up cgroup limits ({exc}); check that "
                                   "/sys/fs/cgroup is writable or run detain unprivileged") from None
+        why = ""
+        if uid is None and not self.own_limits:
+            cgroup, why = self._delegated_cgroup(run, policy)
         if cgroup is not None:
             setup.cgroup_procs = cgroup.procs_files
-        return RunContext(job, policy, run, find_interpreter(policy.python), scratch, job_dir,
-                          channel_fd, uid, cgroup, setup, deps=with_deps)
+        ctx = RunContext(job, policy, run, find_interpreter(policy.python), scratch, job_dir,
+                         channel_fd, uid, cgroup, setup, deps=with_deps)
+        if not self.own_limits:
+            capped = self.scratch_capped(ctx)
+            totals.require(policy.limits, cgroup, why, capped)
+            held = totals.statement(policy.limits, cgroup, capped)
+            ctx.notes += [f"limits: {name} {held[name]}" for name in ("memory", "disk")
+                          if "total" not in held[name]]
+        return ctx
+
+    def _delegated_cgroup(self, run: rundir.RunDir,
+                          policy: Policy) -> tuple[cgroups.Cgroup | None, str]:
+        """Unprivileged: a run cgroup in the user's delegated subtree, where there is one
+        and this backend's process can join it; else None and why not."""
+        if not self.delegated_cgroup:
+            return None, ("the container engine places the container itself, and rootless "
+                          "podman on cgroup v1 ignores limits")
+        _, why = cgroups.delegation()
+        try:
+            return cgroups.Cgroup.in_delegation(run, *self.host_limits(policy)), why
+        except OSError as exc:
+            return None, f"the delegated cgroup could not be set up: {exc.strerror or exc}"
 
     def _fill(self, result: Result, ctx: RunContext, outcome: Outcome) -> None:
         limits = ctx.policy.limits
@@ -490,8 +558,10 @@ class Backend:
             "rlimits": seen.get("rlimits"),
             "cgroup": ({"version": ctx.cgroup.version, **ctx.cgroup.applied}
                        if ctx.cgroup is not None else None),
-            "scratch_disk_cap": "tmpfs (all files)" if ctx.uid is not None
-                                else "per file (RLIMIT_FSIZE)",
+            "scratch_disk_cap": "tmpfs (all files)" if self.scratch_capped(ctx)
+                                else "per file (RLIMIT_FSIZE); all files watched by the host",
+            "limits": totals.statement(ctx.policy.limits, ctx.cgroup, self.scratch_capped(ctx),
+                                       inside=self.own_limits),
             "interpreter": {"path": ctx.interpreter.executable,
                             "version": ctx.interpreter.version,
                             "flags": list(ctx.policy.interpreter_flags)},

@@ -21,6 +21,9 @@ LIMIT_FLAGS = (
     ("--disk", "SIZE", "scratch disk cap (default 256M)"),
     ("--output", "SIZE", "cap per output stream (default 4M)"),
     ("--open-files", "N", "open file limit (default 256)"),
+    ("--limits-scope", "total|per-process", "a --memory or --disk you set must hold for the "
+     "whole job or the run is refused; total: the defaults too; per-process: accept memory "
+     "per process and disk per file where nothing better exists here (the result says so)"),
 )
 
 
@@ -87,13 +90,10 @@ def policy_from_args(args: argparse.Namespace, project_dir: str = "."):
     policy, project = configure(args.policy, overrides, project_dir=(
         project_dir if getattr(args, "project_config", False) else None))
     if project is not None:
-        print(f"detain: {_terminal_line(project.describe())}", file=sys.stderr)
+        from ..report.safe_text import say
+
+        say(project.describe())
     return policy
-
-
-def _terminal_line(text: str) -> str:
-    """Text from a project's files, made safe to print: every control character escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def add_report_options(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run a script, -c CODE or -m MODULE in a sandbox",
         description="Run untrusted Python in a fresh sandbox. Output passes through; the exit "
         "status is the code's own, 124 on timeout, 137 when a limit killed it, 2 for detain's "
-        "own errors.",
+        "own errors, 4 when the code succeeded but --copy-out could not bring back all it "
+        "left (the Result's copy_out_error says why).",
         usage="detain run [OPTIONS] (SCRIPT | -c CODE | -m MODULE) [ARGS ...]")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("-c", dest="code", metavar="CODE", help="program passed as a string")
@@ -171,16 +172,19 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, result.to_dict())
     met = _report(args, result, scan) if reporting else []
+    from ..report.safe_text import say
+
     if result.error:
-        print(f"detain: error: {result.error}", file=sys.stderr)
+        say(f"error: {result.error}")
     elif result.timed_out:
-        print(f"detain: timed out after {result.policy['limits']['timeout']} s "
-              f"on {result.backend} (exit {result.status})", file=sys.stderr)
+        say(f"timed out after {result.policy['limits']['timeout']} s on {result.backend} "
+            f"(exit {result.status})")
     elif result.limit:
-        print(f"detain: {result.limit} limit hit on {result.backend} (exit {result.status})",
-              file=sys.stderr)
+        say(f"{result.limit} limit hit on {result.backend} (exit {result.status})")
+    if result.copy_out_error:
+        say(f"{result.copy_out_error} (exit {result.status})")
     if met and result.status == 0:
-        print(f"detain: --fail-on {', '.join(met)}: seen in this run", file=sys.stderr)
+        say(f"--fail-on {', '.join(met)}: seen in this run")
         return EXIT_FAIL_ON
     return result.status
 
