@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+import detain
 from conftest import require
 from detain.backends import load
 from detain.host import seccomp
@@ -232,3 +233,17 @@ def test_the_filter_is_rebuilt_when_its_rules_change(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         seccomp._rules_digest.cache_clear()
+
+
+def test_a_socketpair_cannot_take_a_host_abstract_name():
+    """A bound socketpair held `@name` in the host's abstract namespace (EADDRINUSE for
+    the host service that wanted it)."""
+    require("landlock")
+    name = f"detain-test-{os.getpid()}"
+    code = ("import socket\na, b = socket.socketpair()\n"
+            f"try:\n    a.bind('\\0{name}')\n    print('bound')\n"
+            "except OSError as exc:\n    print(exc.errno)\n")
+    result = detain.run(code=code, backend="landlock")
+    assert result.stdout.strip() == b"1", result.stdout
+    with socket.socket(socket.AF_UNIX) as host:
+        host.bind(f"\0{name}")  # the name is still free on the host

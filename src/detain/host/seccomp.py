@@ -122,6 +122,10 @@ def _restrict_sockets(seccomp, filt, deny) -> None:
     """
     arg = seccomp.Arg
     filt.add_rule(deny, "socket")
+    # A socketpair needs no name: binding one would take an abstract name in the host's
+    # namespace, denying it to host services for as long as the job runs.
+    for name in ("bind", "listen"):
+        filt.add_rule(deny, name)
     filt.add_rule(deny, "socketpair", arg(0, seccomp.MASKED_EQ, 0xFFFFFFFF, 0))
     filt.add_rule(deny, "socketpair", arg(0, seccomp.GT, AF_UNIX))
     for kind in range(SOCK_TYPE_MASK + 1):

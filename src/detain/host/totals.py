@@ -63,10 +63,13 @@ def statement(limits: Limits, cgroup: Cgroup | None, scratch_capped: bool,
                 "processes": f"{limits.processes} total ({where})"}
     else:
         held = {"memory": f"{memory} per process (RLIMIT_AS, no cgroup here), up to "
-                          f"{limits.processes} processes",
+                          f"{limits.processes} processes; shared memory (memfd, /dev/shm) "
+                          f"is bounded only per file ({disk})",
                 "processes": f"{limits.processes} (RLIMIT_NPROC, counted per uid)"}
-    held["disk"] = (f"{disk} total in {SCRATCH} (size-capped tmpfs)" if scratch_capped else
+    held["disk"] = (f"{disk} total in {SCRATCH} (size-capped tmpfs); a private /tmp or "
+                    f"/dev/shm, where the sandbox has one, is capped at {disk} of its own"
+                    if scratch_capped else
                     f"{disk} per file (RLIMIT_FSIZE); {SCRATCH} as a whole "
-                    f"{disk_watch.DESCRIPTION}")
+                    f"{disk_watch.DESCRIPTION}; files deleted while held open are not seen")
     held["cpu"] = cpu
     return held

@@ -17,6 +17,12 @@ CHILDREN = 12
 REFUSED = "--limits-scope per-process"  # what a refused total names as the alternative
 
 
+# What a job holds: its anonymous and shared-memory pages. File pages (the interpreter and
+# its libraries) are shared with the host and charged wherever they were first read.
+HELD_STATUS = ("RssAnon:", "RssShmem:")
+HELD_ROLLUP = ("Pss_Anon:", "Pss_Shmem:")
+
+
 def _rss(procs: list[hostview.Proc]) -> int:
     total = 0
     for proc in procs:
@@ -24,15 +30,15 @@ def _rss(procs: list[hostview.Proc]) -> int:
             text = Path(f"/proc/{proc.pid}/status").read_text()
         except OSError:
             continue
-        for line in text.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
+        total += sum(int(line.split()[1]) * 1024 for line in text.splitlines()
+                     if line.startswith(HELD_STATUS))
     return total
 
 
 def pss_total(procs: list[hostview.Proc]) -> int:
     """The memory the processes hold together: shared pages counted once (PSS), as a
-    cgroup charges them, not once per process as RSS would."""
+    cgroup charges them, not once per process as RSS would; anonymous and shared memory
+    (memfd, /dev/shm) only, see HELD_ROLLUP."""
     total = 0
     for proc in procs:
         try:
@@ -40,7 +46,7 @@ def pss_total(procs: list[hostview.Proc]) -> int:
         except OSError:
             continue
         total += sum(int(line.split()[1]) * 1024 for line in text.splitlines()
-                     if line.startswith("Pss:"))
+                     if line.startswith(HELD_ROLLUP))
     return total
 
 

@@ -29,9 +29,6 @@ class WeakBwrapBackend(BwrapBackend):
     def level(self) -> int:
         return 0
 
-    def scratch_capped(self, ctx: RunContext) -> bool:
-        return False  # scratch is the host's own directory here, whoever runs it
-
     def launch(self, ctx: RunContext) -> Launch:
         found = find_bwrap()
         if found is None:
