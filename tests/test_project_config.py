@@ -193,3 +193,35 @@ def test_a_symlinked_script_is_not_followed(tmp_path):
     done = detain_cli("run", "--backend", "bwrap", "main.py", cwd=tmp_path)
     assert done.returncode == 2 and b"is a symlink" in done.stderr
     assert b"detain-secret" not in done.stdout + done.stderr
+
+
+def test_reserved_sandbox_paths_cannot_hide_behind_extra_slashes(tmp_path):
+    for target in ("//tmp", "//proc", "///etc", "//scratch", "//detain/job"):
+        with pytest.raises(PolicyError, match="managed by detain"):
+            Policy().merge({"mount": [f"{tmp_path}:{target}:rw"]}, "test")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's symlink needs root to plant")
+def test_a_host_path_another_user_can_redirect_is_refused(tmp_path):
+    from as_user import ensure_user
+
+    user = ensure_user()
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    planted = tmp_path / "results"
+    planted.symlink_to(victim)
+    os.lchown(planted, *(int(x) for x in subprocess.run(
+        ["id", "-u", user], capture_output=True, text=True).stdout.split()), -1)
+    with pytest.raises(PolicyError, match="another user's symlink"):
+        Policy().merge({"copy_out": [f"out:{planted}"]}, "test")
+    with pytest.raises(PolicyError, match="another user's symlink"):
+        Policy().merge({"mount": [f"{planted}:/mnt/in"]}, "test")
+    mine = tmp_path / "mine"
+    mine.symlink_to(victim)
+    assert Policy().merge({"copy_out": [f"out:{mine}/new"]}, "test").copy_out[0].host_dir \
+        == victim / "new"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PolicyError, match="writable by another user"):
+        Policy().merge({"copy_out": [f"out:{shared}"]}, "test")

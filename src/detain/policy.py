@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -49,10 +50,47 @@ def sandbox_path(value: str, what: str) -> str:
     if bad:
         raise PolicyError(f"{what}: sandbox paths may not contain {' '.join(map(repr, bad))}; "
                           "pick a plain path such as /mnt/input")
-    path = value if value.startswith("/") else posixpath.join(SCRATCH, value)
+    # "//tmp" is not "/tmp" to normpath (POSIX keeps two leading slashes) but is to
+    # every mount: one leading slash, always, or reserved paths could be mounted over.
+    path = "/" + value.lstrip("/") if value.startswith("/") else posixpath.join(SCRATCH, value)
     if ".." in path.split("/"):
         raise PolicyError(f"{what}: '..' is not allowed in sandbox paths ({value!r})")
     return posixpath.normpath(path)
+
+
+def host_path(path: Path, what: str, *, writing: bool = False) -> Path:
+    """`path` resolved, refusing a way there that another user controls.
+
+    Root copying into /tmp/results, where another user had planted a symlink to
+    /root/.ssh, wrote there. So every symlink on the way must belong to the caller or to
+    root; and where detain will write (`writing`), every directory on the resolved path
+    too, unless it is sticky (like /tmp: nobody else can move what the caller puts there).
+    """
+    trusted = (os.geteuid(), 0)
+    current, pending, hops = Path("/"), list(Path(os.path.abspath(path)).parts[1:]), 0
+    while pending:
+        candidate = current / pending.pop(0)
+        try:
+            info = os.lstat(candidate)
+        except OSError:  # the rest does not exist yet: detain creates it, as the caller
+            return Path(os.path.normpath(candidate.joinpath(*pending)))
+        if stat.S_ISLNK(info.st_mode):
+            hops += 1
+            if info.st_uid not in trusted or hops > 40:
+                raise PolicyError(f"{what}: {candidate} is another user's symlink (or a "
+                                  "loop); pick a host path no one else can redirect")
+            target = Path(os.readlink(candidate))
+            if target.is_absolute():
+                current, pending = Path("/"), [*target.parts[1:], *pending]
+            else:
+                pending = [*target.parts, *pending]
+            continue
+        if writing and stat.S_ISDIR(info.st_mode) and not info.st_mode & stat.S_ISVTX and (
+                info.st_uid not in trusted or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+            raise PolicyError(f"{what}: {candidate} belongs to or is writable by another "
+                              "user; pick a host directory only you (or root) control")
+        current = candidate
+    return Path(os.path.normpath(current))
 
 
 @dataclass(frozen=True)
@@ -74,6 +112,7 @@ class Mount:
         host = Path(parts[0]).expanduser()
         if not host.exists():
             raise PolicyError(f"--mount {spec!r}: host path {host} does not exist")
+        host = host_path(host, f"--mount {spec!r}")
         if not parts[1].startswith("/"):
             raise PolicyError(f"--mount {spec!r}: the sandbox path must be absolute")
         target = sandbox_path(parts[1], f"--mount {spec!r}")
@@ -101,7 +140,8 @@ class CopyOut:
         if path != SCRATCH and not path.startswith(SCRATCH + "/"):
             raise PolicyError(f"--copy-out {spec!r}: only paths under {SCRATCH} (the writable "
                               "scratch dir, also the working directory) can be copied out")
-        return cls(sandbox=path, host_dir=Path(dest).expanduser().resolve())
+        return cls(sandbox=path, host_dir=host_path(Path(dest).expanduser(),
+                                                     f"--copy-out {spec!r}", writing=True))
 
 
 @dataclass(frozen=True)

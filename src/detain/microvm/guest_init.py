@@ -357,31 +357,33 @@ def send_copy_out(paths, fd, cap):
         return
     import tarfile
 
-    sent = 0
     try:
         with tarfile.open(fileobj=CappedPort(fd, cap), mode="w|",
                           format=tarfile.PAX_FORMAT) as tar:
             for relative in paths:
                 path = os.path.normpath(os.path.join("/scratch", relative))
                 if plain_parents(relative) and os.path.lexists(path):
-                    sent = pack_tree(tar, path, relative, sent)
+                    pack_tree(tar, path, relative)
     except (CapReached, OSError) as exc:
         console(f"detain guest: copy-out ended early: {exc!r}")
 
 
-def pack_tree(tar, path, arcname, sent):
+def pack_tree(tar, path, arcname):
     """Add `path` and everything under it without recursion (the job may leave a chain
     10,000 directories deep): an explicit stack of directory fds, read lazily, each entry
     named through /proc/self/fd (a short path at any depth) and never followed. It stops
     one level and one entry past the host's limits, so the host sees and reports them."""
+    # Entries are counted as tar.members, what went in: tarfile leaves out a socket
+    # without a word, and a count of tried entries let a capped tree end unreported.
+    if len(tar.members) >= COPY_OUT_ENTRIES:
+        return
     tar.add(path, arcname=arcname, recursive=False)
-    sent += 1
     if os.path.islink(path) or not os.path.isdir(path):
-        return sent
+        return
     top = os.open(path, O_DIR)
     stack = [(top, arcname, os.scandir(top))]
     try:
-        while stack and sent < COPY_OUT_ENTRIES:
+        while stack and len(tar.members) < COPY_OUT_ENTRIES:
             dir_fd, prefix, entries = stack[-1]
             entry = next(entries, None)
             if entry is None:
@@ -392,7 +394,6 @@ def pack_tree(tar, path, arcname, sent):
             name = f"{prefix}/{entry.name}"
             try:
                 tar.add(f"/proc/self/fd/{dir_fd}/{entry.name}", arcname=name, recursive=False)
-                sent += 1
                 if entry.is_dir(follow_symlinks=False) and len(stack) < COPY_OUT_DEPTH:
                     child = os.open(entry.name, O_DIR, dir_fd=dir_fd)
                     stack.append((child, name, os.scandir(child)))
@@ -402,7 +403,6 @@ def pack_tree(tar, path, arcname, sent):
         for dir_fd, _, entries in stack:
             entries.close()
             os.close(dir_fd)
-    return sent
 
 
 def main():

@@ -126,10 +126,14 @@ def memory_total(bait: Bait) -> Attack:
         if _refused(out):
             peak.stop()
             return None
-        # The run's cgroup peak is the kernel's count (where there is one), read by the host.
+        # Where a cgroup holds the run, the kernel's own peak count is the judge: summing
+        # the processes' pages one after another races with the OOM killer and new
+        # allocations, and counted one run's 64 MiB as 147. Without one, the sum is all
+        # the host has.
         kernel = out.result.peak_memory_bytes if out.result and out.result.assurance.get(
             "cgroup") else 0
-        held = max(kernel, peak.stop() if kernel else peak.stop(out))
+        sampled = peak.stop() if kernel else peak.stop(out)
+        held = kernel or sampled
         if held > limit * 1.25:
             return f"{CHILDREN} processes held {held // MIB} MiB together under a " \
                    f"{limit // MIB} MiB limit"
