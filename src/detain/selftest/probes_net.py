@@ -492,3 +492,33 @@ def proxy_pipelining(bait: Bait) -> Attack:
     target = f"127.0.0.1:{allowed.port}"
     return _proxy_attack(bait, PIPELINED, [target], [victim], ALLOWED=target.encode(),
                          VICTIM=f"127.0.0.1:{victim.port}".encode())
+
+
+ABSTRACT_NAME = """
+import socket
+names = []
+for make in (lambda: socket.socketpair()[0], lambda: socket.socket(socket.AF_UNIX)):
+    try:
+        sock = make()
+        sock.bind(NAME)
+        names.append(sock)
+    except OSError:
+        pass
+ready()
+"""
+
+
+@probe("network", "abstract-name", "take a name in the host's abstract UNIX socket namespace "
+       "(a bound socketpair needs no socket()), denying it to a host service")
+def abstract_name(bait: Bait) -> Attack:
+    name = f"\0detain-selftest-{bait.secret}"
+
+    def observe() -> str | None:
+        with socket.socket(socket.AF_UNIX) as host_side:
+            try:
+                host_side.bind(name)
+            except OSError:
+                return "the job held an abstract socket name in the host's namespace"
+        return None
+    return Attack(program(bait.tag, ABSTRACT_NAME, wait=True, NAME=name),
+                  lambda out: out.observed, observe=observe)
