@@ -70,19 +70,23 @@ def test_output_is_capped_with_a_visible_marker(backend):
 
 
 def test_detain_stays_small_under_100_mib_of_output(tmp_path):
-    """detain's own peak memory, in a process of its own, while the job floods 100 MiB."""
+    """What a 100 MiB flood adds to detain's own peak memory, in a process of its own:
+    a first quiet run sets the baseline (backend, imports, buffers), so the test measures
+    the flood, not how large the rest of detain or a loaded machine makes the process."""
     probe = textwrap.dedent("""
         import resource, detain
+        detain.run(code="print('quiet')", timeout=60)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         code = ("import sys\\nblock = b'z' * (1 << 20)\\n"
                 "for _ in range(100): sys.stdout.buffer.write(block)")
         result = detain.run(code=code, timeout=60)
         assert result.stdout_truncated, result.stderr
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     """)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True)
-    peak_kib = int(done.stdout.split()[-1])
-    assert peak_kib < 100 * 1024, f"detain peaked at {peak_kib / 1024:.0f} MiB"
+    before, after = (int(n) for n in done.stdout.split()[-2:])
+    assert after - before < 32 * 1024, f"the flood added {(after - before) / 1024:.0f} MiB"
 
 
 def test_fork_bomb_is_contained_and_leaves_nothing(backend, state_dir):

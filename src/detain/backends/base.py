@@ -486,7 +486,10 @@ class Backend:
         seen = hello.get("assurance", {}) if hello else {}
         result.assurance = self._assurance(ctx, seen if isinstance(seen, dict) else {})
         if ctx.cgroup is not None:
-            result.peak_memory_bytes = max(result.peak_memory_bytes, ctx.cgroup.peak_memory())
+            # The kernel's own count for the sandbox. Not the max with ru_maxrss: a sandbox
+            # process forked from detain (the warden's fork) carries detain's pre-exec
+            # high-water mark, which is detain's size, not the job's.
+            result.peak_memory_bytes = ctx.cgroup.peak_memory() or result.peak_memory_bytes
             result.cpu_seconds = round(max(result.cpu_seconds, ctx.cgroup.cpu_seconds()), 4)
             if ctx.cgroup.pids_refusals():
                 result.notes.append(f"process limit reached: {ctx.cgroup.pids_refusals()} "
