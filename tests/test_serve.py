@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -20,12 +21,39 @@ def cli(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProces
 
 
 def start_server(env: dict[str, str], *args: str) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "detain", "serve", *args], env=env,
+    """A server whose stderr is read all along (a full pipe would stall it), kept in
+    `server.said`; faulthandler on, so that a hung one can be made to show its threads."""
+    server = subprocess.Popen([sys.executable, "-m", "detain", "serve", *args],
+                              env={**env, "PYTHONFAULTHANDLER": "1"},
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     line = server.stderr.readline().decode()
     assert "listening on" in line, line + server.stderr.read().decode()
+    server.said = []
+    server.reader = threading.Thread(target=lambda: server.said.extend(server.stderr),
+                                     daemon=True)
+    server.reader.start()
     return server
+
+
+def stop_server(server: subprocess.Popen, env: dict[str, str]) -> str:
+    """SIGTERM, then what the server said. One that hangs shows its threads' stacks
+    (SIGABRT under faulthandler) and is killed, and its state dir swept, so that its
+    failure stays this test's own instead of leaving mounts to every later test."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.send_signal(signal.SIGABRT)
+        server.wait(timeout=10)
+        server.reader.join(timeout=10)
+        subprocess.run([sys.executable, "-c", "from detain.host import rundir; rundir.sweep()"],
+                       env=env, timeout=60)
+        pytest.fail("detain serve did not stop within 30 s of SIGTERM:\n"
+                    + b"".join(server.said).decode(errors="replace"))
+    server.reader.join(timeout=10)
+    assert server.returncode == 0, b"".join(server.said).decode(errors="replace")
+    return b"".join(server.said).decode(errors="replace")
 
 
 @pytest.fixture
@@ -38,9 +66,7 @@ def served(state_dir):
     server = start_server(env)
     yield env, server, private
     if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-        assert "stopped" in server.stderr.read().decode()
+        assert "stopped" in stop_server(server, env)
     assert not (private / "serve.sock").exists()
     assert leftovers(private, {server.pid}) == {}
 
@@ -124,6 +150,22 @@ def test_interrupting_the_client_cancels_the_run(served):
     assert again.stdout == b"next\n", again.stderr
 
 
+def test_stopping_the_server_cancels_the_run_in_hand(served):
+    """SIGTERM while a run is in hand cancels that run (the client is told) and the server
+    still stops cleanly, its spares and the run's remains removed."""
+    require("bwrap")
+    env, server, private = served
+    client = subprocess.Popen([sys.executable, "-m", "detain", "run", "--backend", "bwrap",
+                               "--timeout", "60", "-c", "print('started', flush=True)\n"
+                               "while True: pass"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert client.stdout.readline() == b"started\n"
+    assert "stopped" in stop_server(server, env)
+    assert client.wait(timeout=10) == 130
+    assert b"detain serve was stopped during this run" in client.stderr.read()
+    assert leftovers(private, {server.pid}) == {}
+
+
 def test_without_a_server_the_client_runs_alone(served):
     require("bwrap")
     env, server, private = served
@@ -136,8 +178,7 @@ def test_without_a_server_the_client_runs_alone(served):
     try:
         assert cli(env, "run", "--backend", "bwrap", "-c", "pass").returncode == 0
     finally:
-        replacement.send_signal(signal.SIGTERM)
-        assert replacement.wait(timeout=30) == 0
+        stop_server(replacement, env)
     assert not (private / "serve.sock").exists()
     # the killed server's own spare is swept by the next run that starts
     cli(env, "run", "--backend", "bwrap", "-c", "pass")

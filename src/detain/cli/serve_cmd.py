@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
+import selectors
 import signal
 import socket
 import stat
 import struct
 import sys
 
-from ..errors import EXIT_DETAIN_ERROR, DetainError
+from ..errors import EXIT_DETAIN_ERROR, EXIT_INTERRUPTED, DetainError
 from ..paths import server_socket
 from .client import MAGIC
 
@@ -57,27 +59,34 @@ def execute(args: argparse.Namespace) -> int:
     stopping: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        raise KeyboardInterrupt
+        stopping.append(signum)  # the wakeup fd does the rest (see _serve)
 
     path = server_socket()
     pool = SandboxPool(warm=args.warm)
     listener = _listen(path)
     inode = os.lstat(path).st_ino
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         print(f"detain serve: listening on {path} ({args.warm} warm spare(s) per policy); "
               "Ctrl-C stops it", file=sys.stderr, flush=True)
-        while not stopping:
-            conn, _ = listener.accept()
-            with conn:
-                _serve(conn, parser, pool)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C or SIGTERM while waiting (a request in hand was cancelled by it)
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(listener, selectors.EVENT_READ)
+            waiting.register(wake_read, selectors.EVENT_READ)
+            while not stopping:
+                if any(key.fileobj is listener for key, _ in waiting.select()) \
+                        and not stopping:
+                    conn, _ = listener.accept()
+                    with conn:
+                        _serve(conn, parser, pool, wake_read, stopping)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        signal.set_wakeup_fd(-1)
+        os.close(wake_write)
+        os.close(wake_read)
         _unlisten(listener, path, inode)
         pool.close()
     print("detain serve: stopped; its spares were removed", file=sys.stderr)
@@ -124,8 +133,15 @@ def _unlisten(listener: socket.socket, path: str, inode: int) -> None:
         pass
 
 
-def _serve(conn: socket.socket, parser: argparse.ArgumentParser, pool) -> None:
-    """One request: check who asks, read it, run it, answer with the exit status."""
+def _serve(conn: socket.socket, parser: argparse.ArgumentParser, pool, wake: int,
+           stopping: list[int]) -> None:
+    """One request: check who asks, read it, run it, answer with the exit status.
+
+    A signal never raises in here: an exception thrown at an arbitrary point of a run
+    could leave a Sandbox's bookkeeping half-done (a spare counted but never started),
+    and stopping would then wait for it forever. The run is cancelled instead, the way a
+    client that hangs up cancels it: its cancel fd is an epoll set that becomes ready when
+    the client goes away or a signal writes to the server's wakeup pipe."""
     _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                         struct.calcsize("3i")))
     if uid != os.geteuid():
@@ -147,7 +163,14 @@ def _serve(conn: socket.socket, parser: argparse.ArgumentParser, pool) -> None:
             body += chunk
         conn.settimeout(None)
         cwd, *argv = body.decode("utf-8", "surrogateescape").split("\0")
-        status = _run(parser, pool, cwd, argv, fds, conn.fileno())
+        with select.epoll() as cancel:
+            cancel.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+            cancel.register(wake, select.EPOLLIN)
+            status = _run(parser, pool, cwd, argv, fds, cancel.fileno())
+        if stopping:
+            os.write(fds[2], b"detain: error: detain serve was stopped during this run, "
+                             b"which was cancelled; run it again\n")
+            status = EXIT_INTERRUPTED
         conn.sendall(status.to_bytes(4, "big", signed=True))
     except OSError:
         pass  # the client went away: its run was cancelled, nobody waits for an answer
