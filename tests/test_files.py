@@ -25,6 +25,17 @@ def test_read_only_mount(mounting_backend, tmp_path):
     assert not (data / "new").exists()
 
 
+def test_a_single_file_mounts_where_its_parent_does_not_exist(mounting_backend, tmp_path):
+    """A file's mount point must be a file (gVisor failed to start: "cannot read client
+    sync file"), beside a directory mount under the same new parent."""
+    (tmp_path / "one.txt").write_text("one")
+    (tmp_path / "dir").mkdir()
+    code = "import os\nprint(sorted(os.listdir('/data')), open('/data/one.txt').read())"
+    result = run(mounting_backend, code,
+                 mount=[f"{tmp_path / 'one.txt'}:/data/one.txt", f"{tmp_path / 'dir'}:/data/d"])
+    assert result.stdout == b"['d', 'one.txt'] one\n", result.stderr
+
+
 def test_copy_out_brings_results_back(backend, tmp_path):
     out = tmp_path / "out"
     code = ("import os\nos.makedirs('results/sub')\nopen('results/a.txt', 'w').write('A')\n"

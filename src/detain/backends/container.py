@@ -116,8 +116,10 @@ class ContainerBackend(Backend):
         paths, a private one with their mount points (runtimes would otherwise create them
         in the shared cache, and each set of targets would cache one more skeleton)."""
         if ctx.policy.mounts:
-            targets = (*ctx.interpreter.bind_dirs, *(m.sandbox for m in ctx.policy.mounts))
-            return rootfs.private_skeleton(targets, ctx.run.subdir("rootfs", 0o755))
+            files = tuple(m.sandbox for m in ctx.policy.mounts if not os.path.isdir(m.host))
+            dirs = tuple(m.sandbox for m in ctx.policy.mounts if m.sandbox not in files)
+            return rootfs.private_skeleton((*ctx.interpreter.bind_dirs, *dirs),
+                                           ctx.run.subdir("rootfs", 0o755), files)
         return rootfs.skeleton(ctx.interpreter.bind_dirs)
 
     def cgroup_parent(self, ctx: RunContext) -> str | None:

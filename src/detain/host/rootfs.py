@@ -64,7 +64,7 @@ def job_binds(job_dir: Path, scratch: Path, channel: Path,
             Bind(str(channel), GUEST_CHANNEL, writable=channel_mount_writable)]
 
 
-def _layout(mount_dirs: tuple[str, ...]) -> dict:
+def _layout(mount_dirs: tuple[str, ...], mount_files: tuple[str, ...] = ()) -> dict:
     links = {name: os.readlink(f"/{name}") for name in ROOT_LINKS if os.path.islink(f"/{name}")}
     etc = {}
     for name in ETC_COPIED:
@@ -75,13 +75,17 @@ def _layout(mount_dirs: tuple[str, ...]) -> dict:
         etc[name] = [info.st_size, info.st_mtime_ns]
     dirs = sorted({*BASE_DIRS, *(d.lstrip("/") for d in mount_dirs)})
     return {"layout": LAYOUT, "links": links, "etc": etc, "dirs": dirs,
-            "files": list(ENGINE_FILES), "passwd": PASSWD, "group": GROUP}
+            "files": sorted({*ENGINE_FILES, *(f.lstrip("/") for f in mount_files)}),
+            "passwd": PASSWD, "group": GROUP}
 
 
-def private_skeleton(mount_dirs: tuple[str, ...], into: Path) -> Path:
+def private_skeleton(mount_dirs: tuple[str, ...], into: Path,
+                     mount_files: tuple[str, ...] = ()) -> Path:
     """A skeleton for one run, built at `into`: for per-run mount points (the policy's
-    --mount targets), which must neither be written into nor multiply the cached ones."""
-    _build(into, _layout(mount_dirs))
+    --mount targets), which must neither be written into nor multiply the cached ones.
+    A file bound over a file needs a file as its mount point: gVisor cannot create one
+    in the read-only root and fails to start ("cannot read client sync file")."""
+    _build(into, _layout(mount_dirs, mount_files))
     os.chmod(into, 0o755)
     return into
 
