@@ -272,6 +272,8 @@ class Backend:
             else:
                 self.accept(ctx, job)
             launch = started.launch = self.launch(ctx)
+            # Exec'd after the drop to the run's uid, which may not reach it where it lies.
+            launch.argv[0] = ctx.setup.program(run.path, launch.argv[0])
             started.child_fds += launch.pass_fds
             started.host_fds += launch.read_fds()
             started.proc = spawn(launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),

@@ -142,15 +142,16 @@ class BwrapBackend(Backend):
                 args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
         for name in ("passwd", "group", "hostname"):
             args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
-        for directory in interp.bind_dirs:
-            args += ["--ro-bind", setup.remap(directory, staged), directory]
         args += ["--proc", "/proc", "--dev", "/dev"]
         for path in MASKED_PROC:
             if os.path.exists(path):
                 args += ["--ro-bind", "/dev/null", path]
         args += ["--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/dev/shm",
-                 "--ro-bind", setup.remap(str(LAUNCHER.parent), staged), GUEST_DIR,
+                 "--perms", "1777", "--size", str(lim.disk_bytes), "--tmpfs", "/dev/shm"]
+        # After the tmpfs: an interpreter under /tmp (a `venv --copies` there) stays visible.
+        for directory in interp.bind_dirs:
+            args += ["--ro-bind", setup.remap(directory, staged), directory]
+        args += ["--ro-bind", setup.remap(str(LAUNCHER.parent), staged), GUEST_DIR,
                  "--ro-bind", str(ctx.job_dir), GUEST_JOB]
         if ctx.uid is None and self.scratch_capped(ctx):
             args += ["--perms", "0700", "--size", str(lim.disk_bytes), "--tmpfs", SCRATCH]

