@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
+from detain import pytest_plugin as plugin
 from detain.pytest_plugin import split_args
 
 PYTEST = Path(sys.executable).with_name("pytest")
@@ -134,3 +135,29 @@ def test_hostile_project_runs_only_inside_the_sandbox(tmp_path):
     assert "1 failed, 1 passed" in done.stdout
     assert "detain: pytest exited with status 1 on bwrap" in done.stderr
     assert "sets pythonpath" in done.stderr  # what pytest applied before the plugin loaded
+
+
+@pytest.mark.slow
+def test_the_plugin_installed_in_the_sandbox_stays_out(tmp_path):
+    """The sandbox's pytest gets `-p no:detain`: should the project's environment have
+    detain too (here a dist-info of its own, found through the project dir on sys.path),
+    its plugin is blocked there, so a session can never hand itself to detain again."""
+    require("bwrap")
+    project = tmp_path / "project"
+    (project / "detain").mkdir(parents=True)
+    (project / "detain" / "__init__.py").write_text("")
+    (project / "detain" / "pytest_plugin.py").write_text(Path(plugin.__file__).read_text())
+    info = project / "detain-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: detain\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[pytest11]\ndetain = detain.pytest_plugin\n")
+    (project / "test_inside.py").write_text('''
+import importlib.metadata
+
+def test_detain_plugin_is_blocked(pytestconfig):
+    assert "detain" in [ep.name for ep in importlib.metadata.entry_points(group="pytest11")]
+    assert pytestconfig.pluginmanager.is_blocked("detain")
+''')
+    done = pytest_in(project, "--detain", "--detain-backend=bwrap", "-q", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
