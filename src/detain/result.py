@@ -47,6 +47,8 @@ class Result:
     copy_out_error: str | None = None
     job: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
+    # Which backend ran and why (`auto`'s rule, backends/auto.py), with its expected cost.
+    backend_choice: dict[str, Any] | None = None
 
     @property
     def status(self) -> int:

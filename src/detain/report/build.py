@@ -65,7 +65,8 @@ def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str
     data = result.to_dict()
     return _assemble({
         "job": result.job, "policy": result.policy,
-        "backend": {"name": result.backend, "level": result.level},
+        "backend": {"name": result.backend, "level": result.level,
+                    "choice": result.backend_choice},
         "assurance": result.assurance,
         "outcome": {key: data[key] for key in (
             "status", "exit_code", "signal", "signal_name", "timed_out", "limit", "error",
