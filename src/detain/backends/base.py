@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DetainError
+from ..errors import DetainError, ProtectionError
+from ..guest import LAUNCHER
 from ..host import cgroups, deps, privileges, rundir, totals
 from ..host.copyout import bring_out
 from ..host.disk_watch import DiskWatch
 from ..host.interpreter import Interpreter, find_interpreter
 from ..host.jobmessage import launcher_message
 from ..host.supervise import Capture, Outcome, await_ready, discard, spawn, supervise
+from ..host.tracer import OutsideTrace
 from ..host.warden import Warden
 from ..job import Job
 from ..policy import SCRATCH, Policy
@@ -149,6 +151,7 @@ class Started:
     proc: subprocess.Popen | None = None
     job_fd: int | None = None  # the job pipe's write end while the launcher waits
     network: EgressSession | None = None
+    tracer: OutsideTrace | None = None  # the outside tracer, when the policy asks for one
 
     @property
     def channel_fd(self) -> int:
@@ -174,6 +177,8 @@ class Backend:
     delegated_cgroup = True
     # True: the sandbox has a kernel of its own that holds every limit as a total inside.
     own_limits = False
+    # True: `--trace` runs the outside tracer (host/tracer.py) on this backend's sandbox.
+    outside_trace = False
 
     @property
     def level(self) -> int:
@@ -274,6 +279,12 @@ class Backend:
             launch = started.launch = self.launch(ctx)
             # Exec'd after the drop to the run's uid, which may not reach it where it lies.
             launch.argv[0] = ctx.setup.program(run.path, launch.argv[0])
+            if policy.trace and self.outside_trace:
+                started.tracer = OutsideTrace(run.path, self.trace_machinery(launch))
+                ctx.setup.confine.append(started.tracer.child_step)
+            elif policy.trace and not getattr(self, "supports_trace", False):
+                raise ProtectionError(f"--trace: the {self.name} backend cannot be traced "
+                                      "from outside; use --backend bwrap, landlock or gvisor")
             started.child_fds += launch.pass_fds
             started.host_fds += launch.read_fds()
             started.proc = spawn(launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),
@@ -281,6 +292,8 @@ class Backend:
                                  pass_fds=tuple(started.child_fds),
                                  close_after_start=started.child_fds,
                                  warden=self.warden(ctx))
+            if started.tracer is not None:
+                started.tracer.started()
             if job is None:
                 await_ready(started.proc, started.channel_fd, policy.limits.wall_seconds)
         except BaseException:
@@ -338,6 +351,8 @@ class Backend:
                                     "ended")
             if started.network is not None:
                 started.network.finish(result)
+            if started.tracer is not None:
+                self._outside_trace(result, ctx, started.tracer)
             if policy.copy_out and result.error is None:
                 bring_out(result, ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
             ended = True
@@ -382,6 +397,8 @@ class Backend:
                 started.proc = None
             if started.network is not None:
                 started.network.stop()
+            if started.tracer is not None:
+                started.tracer.close()
         finally:
             fds = [*started.host_fds, *started.child_fds]
             if started.job_fd is not None:
@@ -392,6 +409,24 @@ class Backend:
             for release in started.launch.release if started.launch is not None else ():
                 release()
             started.run.close()
+
+    def trace_machinery(self, launch: Launch) -> str | None:
+        """The sandbox tool the process first execs (whose own processes are not the
+        job's), or None when its first exec is already the job's interpreter."""
+        return None
+
+    @staticmethod
+    def _outside_trace(result: Result, ctx: RunContext, tracer: OutsideTrace) -> None:
+        """The tracer's events into the behaviour, merged with the audit hook's."""
+        from ..report.outside_trace import merge
+
+        own = (*ctx.interpreter.bind_dirs, str(LAUNCHER.parent), str(ctx.run.path))
+        merge(result.behaviour, tracer.collect(), own)
+        if result.assurance:
+            result.assurance["outside_trace"] = (
+                f"ptrace tracer outside the sandbox (uid {os.geteuid()}): exec, open, "
+                "connect/bind/sendto/sendmsg/listen, unlink, rename, chmod, mkdir and links "
+                "of every process; the job dies if the tracer dies")
 
     @staticmethod
     def _stage_script(job: Job, job_dir: Path) -> None:

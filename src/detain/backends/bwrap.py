@@ -98,6 +98,10 @@ class BwrapBackend(Backend):
     extra_pids = 2  # bwrap's own monitor and the namespace's init
     signal_as_exit_status = True
     own_network_namespace = True
+    outside_trace = True
+
+    def trace_machinery(self, launch: Launch) -> str | None:
+        return launch.argv[0]  # bwrap's own processes set the sandbox up; the job's follow
 
     def probe(self) -> Probe:
         found = find_bwrap()

@@ -34,6 +34,7 @@ OS_RELEASE = ("os-release", "debian_version", "lsb-release")
 class LandlockBackend(ProcessBackend):
     name = "landlock"
     hide_world_writable = False  # Landlock already denies every write outside scratch
+    outside_trace = True  # the tracer is outside the job's Landlock domain (scoped)
 
     def probe(self) -> Probe:
         try:

@@ -61,7 +61,9 @@ def execute(args: argparse.Namespace) -> int:
         from ..scan import scan as static_scan
 
         scan = static_scan(path)
-    result = run_suite(path, pytest_args, policy_from_args(args, path),
+    from ..host.tracer import on_by_default
+
+    result = run_suite(path, pytest_args, on_by_default(policy_from_args(args, path)),
                        stdout=_stream(sys.stdout.buffer), stderr=_stream(sys.stderr.buffer))
     if args.json:
         _write_json(args.json, result.to_dict())

@@ -66,8 +66,12 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     containers = parser.add_argument_group("containers")
     containers.add_argument("--image", metavar="NAME", help="a local container image whose "
                             "python3 runs the job (podman, docker, gvisor)")
-    containers.add_argument("--trace", choices=("syscalls",), help="keep the sandbox "
-                            "kernel's syscall trace in the result (gvisor)")
+    containers.add_argument("--trace", choices=("syscalls",), nargs="?", const="syscalls",
+                            help="observe every process of the sandbox from outside: "
+                            "execs with argv, opens, connections, file changes, as "
+                            "kernel/runtime events (bwrap, landlock: a ptrace tracer; "
+                            "gvisor: its kernel's trace); on by default for detain package "
+                            "and detain pytest where the backend allows")
     limits = parser.add_argument_group("limits")
     for flag, metavar, text in LIMIT_FLAGS:
         limits.add_argument(flag, metavar=metavar, help=text)

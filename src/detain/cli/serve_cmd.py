@@ -22,6 +22,7 @@ import socket
 import stat
 import struct
 import sys
+from pathlib import Path
 
 from ..errors import EXIT_DETAIN_ERROR, EXIT_INTERRUPTED, DetainError
 from ..paths import server_socket
@@ -39,6 +40,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Set DETAIN_NO_SERVER=1 for a `detain run` that should not use it.")
     parser.add_argument("--warm", metavar="N", type=_spares, default=1,
                         help="spare sandboxes kept ready per policy (default 1)")
+    http = parser.add_argument_group(
+        "HTTP service", "With --http, serve Judge0's API and detain's own over HTTP instead "
+        "(needs `pip install 'detain[service]'`; README: Run it as a service).")
+    http.add_argument("--http", metavar="HOST:PORT",
+                      help="listen for HTTP here, e.g. 127.0.0.1:2358 (loopback only unless "
+                      "--tokens is given)")
+    http.add_argument("--tokens", metavar="FILE", type=Path,
+                      help="TOML file of client tokens, each with its policy ceiling")
+    http.add_argument("--policy", metavar="FILE", type=Path,
+                      help="the server's policy: the ceiling of every client")
+    http.add_argument("--workers", metavar="N", type=_spares, default=2,
+                      help="submissions run at once, embedded (default 2)")
+    http.add_argument("--database", metavar="URL",
+                      help="SQLAlchemy URL of the store (default: SQLite in the state dir; "
+                      "postgresql+psycopg://… when scaled out)")
+    http.add_argument("--broker", metavar="URL",
+                      help="Celery broker (redis://…): submissions run on `detain worker`s")
+    http.add_argument("--callback-allow", metavar="CIDR", action="append", default=[],
+                      help="let callback_url reach this private range too (repeatable)")
     parser.set_defaults(handler=execute)
 
 
@@ -50,6 +70,12 @@ def _spares(value: str) -> int:
 
 
 def execute(args: argparse.Namespace) -> int:
+    if args.http is not None:
+        from ..service.server import HttpOptions, serve_http
+
+        return serve_http(HttpOptions(args.http, args.tokens, args.policy, args.workers,
+                                      args.database, args.broker,
+                                      tuple(args.callback_allow)))
     from ..host.rundir import base_dir
     from ..pool import SandboxPool
     from .parser import build_parser

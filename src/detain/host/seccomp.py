@@ -96,12 +96,17 @@ def filter_path(host_namespaces: bool = False) -> Path:
     filt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
     for request in (TIOCSTI, TIOCLINUX):
         filt.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, request))
+    export(filt, path)
+    return path
+
+
+def export(filt, path: Path) -> None:
+    """Write a libseccomp filter's BPF to the cache file `path`, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         filt.export_bpf(handle)
     os.replace(tmp, path)
-    return path
 
 
 def _restrict_sockets(seccomp, filt, deny) -> None:

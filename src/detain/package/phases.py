@@ -22,6 +22,7 @@ from ..api import Sandbox
 from ..backends import choose
 from ..guest import LAUNCHER
 from ..host.interpreter import find_interpreter
+from ..host.tracer import on_by_default
 from ..job import Job
 from ..net.rules import parse_rules
 from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
@@ -128,6 +129,7 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
         # One backend for every phase, so their events compare; install needs the proxy.
         chosen = choose("auto", policy.min_level, egress=True)
         policy = replace(policy, backend=chosen.name)
+    policy = on_by_default(policy)  # every process of install and import, seen from outside
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="detain-package-") as tmp:
         work = Path(tmp)

@@ -135,11 +135,51 @@ def _seconds(when: str) -> float | None:
         return None
 
 
-class _Parser:
-    def __init__(self) -> None:
-        self.merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+class Merged:
+    """Kernel events merged by (syscall, target, outcome[, apart]) with a count, capped per
+    category, so a flood of throw-away files cannot push a later connect out. Shared by
+    every kernel-side trace (gVisor's here, the outside tracer's in outside_trace.py)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.merged: dict[tuple[str, str, str, Any], dict[str, Any]] = {}
         self.per_category: dict[str, int] = {}
         self.over_cap: dict[str, int] = {}
+
+    def add(self, syscall: str, category: str, target: str, outcome: str, t: float,
+            detail: dict[str, Any], severity: str | None = None,
+            apart: Any = None) -> dict[str, Any] | None:
+        """The event for this syscall (counted into an earlier same one, unless `apart`
+        differs), or None past the category's cap."""
+        key = (syscall, target[:TARGET_CAP], outcome, apart)
+        if key in self.merged:
+            self.merged[key]["detail"]["count"] += 1
+            return self.merged[key]
+        if self.per_category.get(category, 0) >= MAX_PER_CATEGORY:
+            self.over_cap[category] = self.over_cap.get(category, 0) + 1
+            return None
+        self.per_category[category] = self.per_category.get(category, 0) + 1
+        event = self.merged[key] = {
+            "seq": None, "t": round(t, 6), "event": f"kernel.{syscall}",
+            "category": category, "severity": severity or SEVERITY[category], "file": None,
+            "line": None, "detail": {"syscall": syscall, "target": target[:TARGET_CAP],
+                                     "outcome": outcome, **detail, "count": 1},
+            "summary": f"{syscall} {target[:200]} ({outcome})", "provenance": KERNEL,
+            "suspect": None}
+        return event
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.merged.values())
+
+    def cap_flags(self) -> list[str]:
+        return [f"{self.source}: {dropped} more distinct {category} event(s) past the cap "
+                f"of {MAX_PER_CATEGORY} are not listed"
+                for category, dropped in sorted(self.over_cap.items())]
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.merged = Merged("kernel trace")
         self.foreign = self.ambiguous = 0
         self.truncated: str | None = None
         self.start: float | None = None
@@ -182,23 +222,8 @@ class _Parser:
         if seconds is not None and self.start is None:
             self.start = seconds
         said = f"refused: {outcome.group(1)}" if outcome.group(1) is not None else "allowed"
-        key = (syscall, what[:TARGET_CAP], said)
-        if key in self.merged:
-            self.merged[key]["detail"]["count"] += 1
-            return
-        category = CATEGORY[syscall]
-        if self.per_category.get(category, 0) >= MAX_PER_CATEGORY:
-            self.over_cap[category] = self.over_cap.get(category, 0) + 1
-            return
-        self.per_category[category] = self.per_category.get(category, 0) + 1
         t = 0.0 if seconds is None or self.start is None else max(0.0, seconds - self.start)
-        self.merged[key] = {
-            "seq": None, "t": round(t, 6), "event": f"kernel.{syscall}",
-            "category": category, "severity": SEVERITY[category], "file": None, "line": None,
-            "detail": {"syscall": syscall, "target": what[:TARGET_CAP], "outcome": said,
-                       "pid": pid, "count": 1},
-            "summary": f"{syscall} {what[:200]} ({said})", "provenance": KERNEL,
-            "suspect": None}
+        self.merged.add(syscall, CATEGORY[syscall], what, said, t, {"pid": pid})
 
     def flags(self) -> list[str]:
         flags = []
@@ -209,9 +234,7 @@ class _Parser:
             flags.append(f"kernel trace: {self.ambiguous} record(s) could not be read as one "
                          "syscall (a task name or argument shaped like a record); no event "
                          "was taken from them")
-        for category, dropped in sorted(self.over_cap.items()):
-            flags.append(f"kernel trace: {dropped} more distinct {category} event(s) past "
-                         f"the cap of {MAX_PER_CATEGORY} are not listed")
+        flags += self.merged.cap_flags()
         if self.truncated:
             flags.append(f"kernel trace: {self.truncated.strip('[]').removeprefix('detain: ')}"
                          " (the output limit); later syscalls are missing")
@@ -225,4 +248,4 @@ def parse_trace(trace: str | None) -> KernelTrace:
     parser = _Parser()
     for line in trace.split("\n"):  # not splitlines(): U+0085 and U+2028 are not boundaries
         parser.line(line)
-    return KernelTrace(list(parser.merged.values()), parser.flags())
+    return KernelTrace(parser.merged.events(), parser.flags())

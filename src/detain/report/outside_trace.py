@@ -1,0 +1,212 @@
+"""The outside tracer's records (host/tracer.py) as kernel/runtime events, merged with the
+audit hook's.
+
+The records are JSON lines written by the tracer process, outside the job's reach; what
+they quote (paths, argv, socket addresses) is the job's and is shown only, capped, never
+parsed for structure. A line that is not such a record cannot come from the tracer and is
+flagged, a trace without the tracer's closing record is flagged as cut short.
+
+Noise is left out: read-only opens of the system, the interpreter and detain's own guest
+files (unless the path is a sensitive one), directory opens, bytecode caches, and failed
+execs while a shell or Python searches PATH (ENOENT), and reads that failed for want of
+the file (a read refused, EACCES or EPERM, is kept).
+
+The job's own interpreter (the first process the sandbox starts) also reports through the
+audit hook: a kernel event of that process which the hook also reported (same category
+and path or address) is not listed twice; the hook's event keeps its file:line and gains
+`detail.kernel`, the kernel's confirmation. A process started from it is linked the other
+way: its exec names the hook's subprocess event (`detail.requested_at`, that event's
+file:line, itself in-process evidence).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..host.tracer import HEADER
+from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS
+from .kernel_trace import Merged
+
+O_DIRECTORY = 0o200000
+QUIET_READS = ("/usr/", "/lib", "/bin/", "/sbin/", "/etc/ld.so.", "/etc/localtime",
+               "/proc/self/", "/proc/thread-self/", "/dev/null", "/dev/urandom",
+               "/dev/random", "/dev/zero", "/detain/", "/sys/devices/system/cpu",
+               "/proc/net/dev")  # the last: the launcher's own look at its interfaces
+QUIET_PARTS = ("/site-packages/", "/dist-packages/", "/__pycache__/", "/lib/python3")
+QUIET_WRITES = ("/dev/null", "/dev/tty")
+ARGV_SHOWN = 32
+FILE_WRITES = ("unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod", "fchmodat",
+               "mkdir", "mkdirat", "symlink", "symlinkat", "link", "linkat")
+SOURCE = "outside trace"
+
+
+def _text(value: Any) -> str:
+    """A quoted string from a record: the tracer's {"text", "truncated"} form or a string."""
+    if isinstance(value, dict):
+        text = value.get("text") if isinstance(value.get("text"), str) else ""
+        return text[:TEXT_CAP] + "..."
+    return value[:TEXT_CAP] if isinstance(value, str) else "?"
+
+
+def _address(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    family = value.get("family")
+    if family in ("inet", "inet6"):
+        host = _text(value.get("host"))
+        port = value.get("port") if isinstance(value.get("port"), int) else "?"
+        return f"[{host}]:{port}" if family == "inet6" else f"{host}:{port}"
+    if family == "unix":
+        return ("@" if value.get("abstract") is True else "") + _text(value.get("path"))
+    return f"family {family}" if isinstance(family, int) else None
+
+
+def classify(record: dict[str, Any], quiet: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """(category, target) of one syscall record, or None when it is noise; `quiet` are
+    more dirs whose reads are (the interpreter's)."""
+    syscall = record.get("syscall")
+    paths = [_text(p) for p in record.get("paths", [])] if isinstance(
+        record.get("paths"), list) else []
+    if syscall in ("execve", "execveat"):
+        if record.get("result") == "ENOENT":
+            return None
+        return "process", paths[0] if paths else "?"
+    if syscall in ("open", "openat", "openat2", "creat"):
+        flags = record.get("flags") if isinstance(record.get("flags"), int) else 0
+        path = paths[0] if paths else "?"
+        if flags & WRITE_FLAGS:
+            return (None if path in QUIET_WRITES or path.endswith(".pyc")
+                    or "/__pycache__/" in path else ("file-write", path))
+        routine = (flags & O_DIRECTORY or record.get("result") not in ("ok", "EACCES", "EPERM")
+                   or path.startswith(QUIET_READS + quiet) or any(p in path for p in QUIET_PARTS))
+        if routine and not any(s in path for s in SENSITIVE):
+            return None
+        return "file-read", path
+    if syscall in ("connect", "bind", "sendto", "sendmsg"):
+        where = _address(record.get("address"))
+        return None if where is None else ("network", where)
+    if syscall == "listen":
+        return "network", "a socket"
+    if syscall in FILE_WRITES:
+        target = " -> ".join(paths) or "?"
+        if isinstance(record.get("mode"), int):
+            target += f" mode {record['mode']:o}"
+        return "file-write", target
+    return None
+
+
+def _outcome(result: Any) -> str:
+    if result == "ok":
+        return "allowed"
+    if result in ("EPERM", "EACCES"):
+        return f"refused: {result}"
+    return f"failed: {_text(result)}" if result is not None else "unfinished"
+
+
+def parse(trace: str, quiet: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[str],
+                                                              int | None]:
+    """Events, integrity flags and the hooked interpreter's pid from the tracer's records.
+
+    The hooked interpreter is the first process the sandbox execs (the launcher): the
+    job's code only runs after it, so no job can choose which pid that is."""
+    lines = trace.split("\n")  # not splitlines(): only the tracer's "\n" ends a record
+    if not lines or lines[0] != HEADER:
+        return [], [f"{SOURCE}: not the tracer's output; no event was taken from it"], None
+    merged = Merged(SOURCE)
+    foreign, end, first_job = 0, None, None
+    for line in lines[1:]:
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            foreign += 1
+            continue
+        if record.get("type") == "end":
+            end = record
+            continue
+        if record.get("type") != "syscall":
+            continue
+        pid = record.get("pid") if isinstance(record.get("pid"), int) else None
+        if first_job is None and record.get("syscall") in ("execve", "execveat") \
+                and record.get("result") == "ok":
+            first_job = pid
+            continue  # detain's own exec of the launcher
+        found = classify(record, quiet)
+        if found is None:
+            continue
+        category, target = found
+        detail: dict[str, Any] = {"pid": pid, "process": _text(record.get("exe") or "?"),
+                                  "ppid": record.get("ppid") if isinstance(
+                                      record.get("ppid"), int) else None}
+        if isinstance(record.get("argv"), list):
+            argv = [_text(a) for a in record["argv"][:ARGV_SHOWN]]
+            detail["argv"] = " ".join(argv)[:TEXT_CAP]
+        t = record.get("t") if isinstance(record.get("t"), (int, float)) else 0.0
+        severity = "high" if category == "file-read" and any(
+            s in target for s in SENSITIVE) else None
+        merged.add(str(record.get("syscall")), category, target,
+                   _outcome(record.get("result")), float(t), detail, severity, apart=pid)
+    flags = merged.cap_flags()
+    if foreign:
+        flags.append(f"{SOURCE}: {foreign} line(s) are not tracer records; no event was "
+                     "taken from them")
+    if end is None:
+        flags.append(f"{SOURCE}: the tracer's closing record is missing (it was ended or "
+                     "its output cut); later syscalls may be missing")
+    elif isinstance(end.get("dropped"), int) and end["dropped"] > 0:
+        flags.append(f"{SOURCE}: {end['dropped']} record(s) past the tracer's cap of "
+                     f"{end.get('records')} were counted, not written")
+    return merged.events(), flags, first_job
+
+
+def _hook_key(event: dict[str, Any]) -> tuple[str, str] | None:
+    detail = event.get("detail", {})
+    if event["category"] in ("file-read", "file-write"):
+        path = detail.get("path")
+        return (event["category"], str(path)) if path else None
+    if event["category"] == "network":
+        host, port = detail.get("host"), detail.get("port")
+        return ("network", f"{host}:{port}") if host not in (None, "") else None
+    return None
+
+
+def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = ()) -> None:
+    """Add the trace's events to a Result's behaviour, each observation counted once;
+    `quiet`: the interpreter's dirs, whose reads are its own loading."""
+    kernel, flags, hooked = parse(trace, quiet)
+    events = behaviour.setdefault("events", [])
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    spawns = [e for e in events if e["category"] == "process"]
+    for event in events:
+        key = _hook_key(event)
+        if key is not None:
+            by_key.setdefault(key, event)
+    for event in kernel:
+        detail = event["detail"]
+        twin = by_key.get((event["category"], detail["target"])) if (
+            hooked is not None and detail["pid"] == hooked) else None
+        if twin is not None:
+            twin["detail"]["kernel"] = (f"{detail['syscall']} ({detail['outcome']}), "
+                                        f"pid {detail['pid']}")
+            continue
+        if event["category"] == "process" and hooked is not None and detail["ppid"] == hooked:
+            _link_spawn(event, spawns)
+        events.append(event)
+    if flags:
+        integrity = behaviour.setdefault("integrity", {"flags": []})
+        integrity["flags"] = [*integrity.get("flags", []), *flags]
+        integrity["flags_total"] = integrity.get("flags_total", 0) + len(flags)
+
+
+def _link_spawn(event: dict[str, Any], spawns: list[dict[str, Any]]) -> None:
+    """Name the hook's subprocess event this exec (a child of the hooked interpreter)
+    answers: the first whose summary names the same program."""
+    program = event["detail"]["target"].rsplit("/", 1)[-1]
+    for spawn in spawns:
+        if program and program in spawn["summary"] and spawn.get("file"):
+            event["detail"]["requested_at"] = f"{spawn['file']}:{spawn.get('line')}"
+            return

@@ -1,0 +1,133 @@
+"""`detain serve --http HOST:PORT`: put the pieces together and serve until stopped.
+
+Embedded by default (SQLite in the state dir, sandboxes in this process); with `--broker`
+and `--database` the API only accepts and stores, and `detain worker` processes run the
+submissions (service/worker.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DetainError
+
+
+@dataclass
+class HttpOptions:
+    listen: str
+    tokens: Path | None = None
+    policy: Path | None = None
+    workers: int = 2
+    database: str | None = None
+    broker: str | None = None
+    callback_allow: tuple[str, ...] = ()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DetainError(f"--http: expected HOST:PORT such as 127.0.0.1:2358, got {listen!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        raise DetainError(f"--http: cannot resolve {host!r}") from None
+    return all(ipaddress.ip_address(info[4][0].split("%", 1)[0]).is_loopback for info in infos)
+
+
+def networks(values: tuple[str, ...]) -> tuple:
+    try:
+        return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+    except ValueError as exc:
+        raise DetainError(f"--callback-allow: {exc}") from None
+
+
+def serve_http(options: HttpOptions) -> int:
+    try:
+        import uvicorn
+
+        from .app import Service
+        from .executor import Executor, Metrics
+        from .store import Store
+        from .tokens import Tokens
+    except ImportError as exc:
+        raise DetainError(f"the HTTP service needs its extra packages ({exc.name} is missing): "
+                          "pip install 'detain[service]'") from None
+    from ..config import load_policy
+    from ..host.rundir import base_dir
+
+    host, port = split_listen(options.listen)
+    if options.tokens is None and not is_loopback(host):
+        raise DetainError(f"--http {options.listen}: without --tokens FILE the service listens "
+                          "on loopback only (127.0.0.1 or ::1); give every client a token to "
+                          "listen elsewhere")
+    if options.broker is not None and options.database is None:
+        raise DetainError("--broker needs --database (the API and the workers share the store)")
+    allowed = networks(options.callback_allow)
+    ceiling = load_policy(options.policy)
+    tokens = Tokens(ceiling, options.tokens)
+    database = options.database or f"sqlite:///{base_dir() / 'service.db'}"
+    store = Store(database)
+    metrics = Metrics()
+    if options.broker is None:
+        from .embedded import Embedded
+
+        dispatcher = Embedded(Executor(store, tokens, workers=options.workers,
+                                       callbacks_allowed=allowed, metrics=metrics), allowed)
+        mode = f"embedded, {options.workers} worker(s)"
+    else:
+        from .worker import Distributed
+
+        dispatcher = Distributed(store, options.broker, allowed)
+        mode = f"distributed through {_redact(options.broker)}"
+    app = Service(store, tokens, dispatcher, metrics).app()
+    print(f"detain serve: HTTP on http://{options.listen} ({mode}; store "
+          f"{_redact(database)}); Ctrl-C stops it", file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           access_log=False, lifespan="off",
+                                           timeout_graceful_shutdown=5))
+    server.capture_signals = lambda: _stopping(server)  # type: ignore[method-assign]
+    try:
+        server.run()
+    finally:
+        dispatcher.close()
+        store.close()
+    print("detain serve: stopped", file=sys.stderr)
+    return 0
+
+
+@contextmanager
+def _stopping(server) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the server gracefully, and that is all: uvicorn's own
+    handling re-raises the signal afterwards, which would end detain with 130."""
+    def stop(_signum: int, _frame: object) -> None:
+        server.should_exit = True
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _redact(url: str) -> str:
+    """A URL as printed: without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{place}" if ":" in credentials else url
+
