@@ -29,9 +29,9 @@ from detain.package.index import read_config
 from detain.policy import Policy
 
 
-def timed(action) -> float:
+def timed(action, traced: bool) -> float:
     started = time.perf_counter()
-    action()
+    action(traced)
     return time.perf_counter() - started
 
 
@@ -39,7 +39,7 @@ def compare(name: str, action, runs: int) -> None:
     seconds: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(runs):
         for traced in (False, True):
-            seconds[traced].append(timed(lambda: action(traced)))
+            seconds[traced].append(timed(action, traced))
     plain, traced = (statistics.median(seconds[k]) for k in (False, True))
     print(f"{name:<34} untraced {plain:7.3f} s  traced {traced:7.3f} s  "
           f"ratio {traced / plain:.2f}x")

@@ -61,7 +61,8 @@ FORGE = r"""
 import os, sys
 record = '{"type":"syscall","syscall":"connect","pid":1,"exe":"/x","address":' \
          '{"family":"inet","host":"6.6.6.6","port":4444},"result":"ok"}'
-fake = '4242  connect(3, {sa_family=AF_INET, sin_port=htons(4444), sin_addr=inet_addr("6.6.6.6")}, 16) = 0'
+fake = ('4242  connect(3, {sa_family=AF_INET, sin_port=htons(4444), '
+        'sin_addr=inet_addr("6.6.6.6")}, 16) = 0')
 print(record); print(fake, file=sys.stderr)
 for name in ("\n" + record + "\n", fake, 'x", "6.6.6.6:4444'):
     try:

@@ -42,8 +42,7 @@ class Sandbox:
         self.policy = policy or Policy()
         if backend is not None:
             self.policy = self.policy.merge({"backend": backend}, "Sandbox(backend=...)")
-        self.backend = backends.choose(self.policy.backend, self.policy.min_level,
-                                       egress=bool(self.policy.allow_hosts))
+        self.backend, self.choice = backends.choose_for(self.policy)
         self.warm = 0
         self._spares: list[Started] = []
         self._state = threading.Condition()
@@ -75,10 +74,12 @@ class Sandbox:
             started = self.backend.start(self.policy, None if self.backend.warm else job)
             self.warm_error = None  # this one started: spares may start again
         try:
-            return self.backend.finish(started, job, stdout=stdout, stderr=stderr,
-                                       cancel=cancel, defer=self._defer if self.warm else None)
+            result = self.backend.finish(started, job, stdout=stdout, stderr=stderr,
+                                         cancel=cancel, defer=self._defer if self.warm else None)
         finally:
             self._keep_warm()  # after the run: a spare starting beside it would slow it
+        result.backend_choice = self.choice.describe()
+        return result
 
     def wait_warm(self, timeout: float = 30.0) -> bool:
         """Block until every spare is ready and the last runs' remains are removed (True),

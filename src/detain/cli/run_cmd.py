@@ -31,7 +31,8 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     """Policy flags shared by every command that runs code."""
     group = parser.add_argument_group("isolation")
     group.add_argument("--backend", metavar="NAME", help="a backend from `detain doctor`, "
-                       "or auto (default): the strongest one that works here")
+                       "or auto (default): the strongest one that runs here, is not "
+                       "emulated and can do what the job needs (doctor shows its pick)")
     group.add_argument("--min-level", metavar="N", help="refuse backends below this level "
                        "(default 2; 0 none, 1 low, 2 medium, 3 high, 4 highest)")
     group.add_argument("--policy", metavar="FILE", help="a TOML policy file (overrides "

@@ -31,6 +31,10 @@ def _summary(report: dict[str, Any]) -> Panel:
                      f"  status [bold]{outcome['status']}[/]"
                      f"  wall {report['timings']['wall_seconds']} s"
                      f"  cpu {report['timings']['cpu_seconds']} s")
+        choice = backend.get("choice") or {}
+        if choice.get("reason"):  # which backend ran, and why (backends/auto.py)
+            lines.append(f"[dim]why {escape(backend['name'])}:[/] {escape(choice['reason'])}; "
+                         f"expected cost {escape(choice.get('expected_cost', ''))}")
         lines.append(f"events {summary['events']} ({summary['notable']} notable, "
                      f"{summary['high']} high), dropped {summary['dropped']}, "
                      f"suspect {summary['suspect']}")
