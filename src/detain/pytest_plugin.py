@@ -25,8 +25,8 @@ sandbox through `detain pytest`, in-process (same policy, output, summary and ex
 
 What no plugin can prevent: pytest reads the project's configuration file before it loads
 any plugin. If that file sets `pythonpath` or loads plugins with `-p` in `addopts`, pytest
-has already imported modules from those paths on the host by the time this plugin runs
-(the plugin then warns); `addopts = -p no:detain` keeps the plugin from loading at all, and
+may have imported modules of the project on the host by the time this plugin runs (the
+plugin then warns); `addopts = -p no:detain` keeps the plugin from loading at all, and
 pytest imports conftest.py on the host before it stops at the unknown `--detain`. Starting
 pytest as `python -m pytest` puts the current directory first on `sys.path` for pytest's
 own imports. For a project you have not read, `detain pytest` starts no pytest on the host.
