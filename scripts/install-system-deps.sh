@@ -10,6 +10,8 @@ packages=(
   libseccomp2       # pyseccomp loads it
   procps            # kill(1), used by cleanup
   bubblewrap        # a second bwrap (the wheel's is preferred when newer)
+  iproute2          # ip: the sinkhole network's routes (--network sinkhole)
+  nftables          # nft: the sinkhole's TPROXY rule
 )
 if [ -f scripts/system-packages.txt ]; then
   while read -r name _; do

@@ -177,6 +177,7 @@ class Policy:
     with_packages: tuple[str, ...] = ()
     wheelhouse: Path | None = None
     allow_hosts: tuple[HostRule, ...] = ()  # empty: no network at all
+    sinkhole: bool = False  # everything else is answered by detain's recorder (net/sinkhole)
     image: str | None = None  # a local container image whose python3 runs the job
     trace: str | None = None  # "syscalls": keep the sandbox kernel's syscall trace
 
@@ -187,8 +188,10 @@ class Policy:
 
     @property
     def network(self) -> str:
-        """"none", or "allow-list" when hosts are reachable through detain's proxy."""
-        return "allow-list" if self.allow_hosts else "none"
+        """"none", "allow-list" when hosts are reachable through detain's proxy,
+        "sinkhole", or "allow-list+sinkhole" (the rest answered by the recorder)."""
+        modes = ["allow-list"] * bool(self.allow_hosts) + ["sinkhole"] * self.sinkhole
+        return "+".join(modes) or "none"
 
     @property
     def interpreter_flags(self) -> tuple[str, ...]:
@@ -205,7 +208,11 @@ class Policy:
                 known = ", ".join(sorted(k.replace("_", "-") for k in _SETTERS))
                 raise PolicyError(f"{source}: unknown setting {key!r} (known: {known})")
             target, attr, convert = _SETTERS[name]
-            (limits if target == "limits" else policy)[attr] = convert(value, f"{source}: {key}")
+            converted = convert(value, f"{source}: {key}")
+            if attr is None:  # a setting that decides several fields at once
+                policy.update(converted)
+            else:
+                (limits if target == "limits" else policy)[attr] = converted
         if limits:
             limits["asked"] = self.limits.asked | frozenset(limits)
         merged = replace(self, **policy)
@@ -217,8 +224,8 @@ class Policy:
         """A JSON-ready view, used by Result and reports."""
         lim = self.limits
         return {
-            "backend": self.backend, "min_level": self.min_level, "network": (
-                {"allow": [str(r) for r in self.allow_hosts]} if self.allow_hosts else "none"),
+            "backend": self.backend, "min_level": self.min_level, "network": _describe_network(
+                self.allow_hosts, self.sinkhole),
             "profile": self.profile, "interpreter_flags": list(self.interpreter_flags),
             "python": self.python, "env": sorted(self.env),
             "limits": {"timeout": lim.wall_seconds, "cpu": lim.cpu_seconds,
@@ -242,16 +249,27 @@ def _choice(options: tuple[str, ...]):
     return convert
 
 
-def _network(value: Any, what: str) -> tuple[HostRule, ...]:
-    """`"none"`, or `{allow = ["host", "*.domain:443", ...]}` (a bare list is taken too)."""
-    if value == "none":
-        return ()
-    if isinstance(value, Mapping) and set(value) == {"allow"}:
+def _network(value: Any, what: str) -> dict[str, Any]:
+    """`"none"`, `"sinkhole"`, or `{allow = ["host", "*.domain:443", ...]}` (a bare list is
+    taken too), optionally with `sinkhole = true` for everything the list does not name."""
+    if value in ("none", "sinkhole"):
+        return {"allow_hosts": (), "sinkhole": value == "sinkhole"}
+    sinkhole = False
+    if isinstance(value, Mapping) and set(value) in ({"allow"}, {"allow", "sinkhole"}):
+        sinkhole = value.get("sinkhole", False)
         value = value["allow"]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return _allow_hosts(value, what)
-    raise PolicyError(f"{what}: only network = \"none\" or network = {{allow = [\"host\", "
-                      f"\"*.domain:443\"]}} are accepted, got {value!r}")
+    if (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            and isinstance(sinkhole, bool)):
+        return {"allow_hosts": _allow_hosts(value, what), "sinkhole": sinkhole}
+    raise PolicyError(f"{what}: only network = \"none\", \"sinkhole\" or {{allow = [\"host\", "
+                      f"\"*.domain:443\"], sinkhole = true|false}} are accepted, got {value!r}")
+
+
+def _describe_network(allow_hosts: tuple[HostRule, ...], sinkhole: bool) -> Any:
+    if not allow_hosts:
+        return "sinkhole" if sinkhole else "none"
+    allow = {"allow": [str(r) for r in allow_hosts]}
+    return {**allow, "sinkhole": True} if sinkhole else allow
 
 
 def _allow_hosts(value: Any, what: str) -> tuple[HostRule, ...]:
@@ -387,7 +405,7 @@ def _image(value: Any, what: str) -> str:
 _SETTERS = {
     "backend": ("policy", "backend", _backend),
     "min_level": ("policy", "min_level", _level),
-    "network": ("policy", "allow_hosts", _network),
+    "network": ("policy", None, _network),
     "allow_host": ("policy", "allow_hosts", _allow_hosts),
     "profile": ("policy", "profile", _choice(tuple(PROFILES))),
     "python": ("policy", "python", _python),

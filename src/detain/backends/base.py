@@ -266,7 +266,7 @@ class Backend:
             started = Started(policy, run, host_fds=[read_fd], child_fds=[write_fd])
             ctx = started.ctx = self._prepare(job, policy, run, write_fd)
             ctx.label = label
-            if policy.allow_hosts:  # the proxy's code loads only for runs that use it
+            if policy.allow_hosts or policy.sinkhole:  # net code loads only for runs using it
                 from ..net import session as egress
 
                 started.network = ctx.network = egress.start(self, ctx)

@@ -98,6 +98,7 @@ class BwrapBackend(Backend):
     extra_pids = 2  # bwrap's own monitor and the namespace's init
     signal_as_exit_status = True
     own_network_namespace = True
+    sinkhole_network = True  # joins the sinkhole's namespace (net/sinkhole.py) as root
     outside_trace = True
 
     def trace_machinery(self, launch: Launch) -> str | None:
@@ -163,6 +164,7 @@ class BwrapBackend(Backend):
             args += ["--bind", str(ctx.scratch), SCRATCH]
         if ctx.network is not None:  # the allow-list proxy's socket: the only way out
             args += ["--ro-bind", str(ctx.network.host_dir), GUEST_NET_DIR]
+            args += self._sinkhole_args(ctx, etc)
         for mount in ctx.policy.mounts:
             args += ["--bind" if mount.writable else "--ro-bind",
                      setup.remap(str(mount.host), staged), mount.sandbox]
@@ -177,6 +179,21 @@ class BwrapBackend(Backend):
 
     def scratch_capped(self, ctx: RunContext) -> bool:
         return ctx.uid is not None or not ctx.policy.copy_out
+
+    @staticmethod
+    def _sinkhole_args(ctx: RunContext, etc: Path) -> list[str]:
+        """With a sinkhole: bwrap starts in its namespace (joined before the uid drop) and
+        keeps it, and the resolver and hosts files inside point at it."""
+        sinkhole = ctx.network.sinkhole
+        if sinkhole is None:
+            return []
+        ctx.setup.netns = sinkhole.netns_fd
+        args = ["--share-net"]
+        for name, text in sinkhole.guest_etc().items():
+            (etc / name).write_text(text)
+            os.chmod(etc / name, 0o644)
+            args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        return args
 
     def host_assurance(self, ctx: RunContext, seen: dict) -> dict:
         size = format_size(ctx.policy.limits.disk_bytes)

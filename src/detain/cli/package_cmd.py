@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fetch a package on the host (download only: nothing of it runs there), "
         "scan it statically, then install it, import every module and optionally exercise "
         "it, each in its own sandbox, and report what each phase did. Install may reach only "
-        "the package index configured for pip; import and exercise have no network. Exit "
+        "the package index configured for pip; import and exercise have no network. Where "
+        "the backend allows it (bwrap as root) every phase runs in a sinkhole network by "
+        "default: whatever else it tries to reach is answered and recorded (--network none: "
+        "off). Exit "
         "status 0 when every phase ran, 1 when one failed, 2 for detain's own errors.",
         usage="detain package [OPTIONS] SPEC [--against SPEC]")
     parser.add_argument("spec", metavar="SPEC",
@@ -36,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=execute)
 
 
+def sinkhole_counts(seen: dict[str, Any] | None) -> str:
+    """What reached a phase's sinkhole, for its one-line header ("" without one)."""
+    if not seen:
+        return ""
+    return (f", sinkhole: {seen['dns_queries']} DNS quer(ies), {seen['tcp_connections']} TCP, "
+            f"{seen['udp_datagrams']} UDP")
+
+
 def execute(args: argparse.Namespace) -> int:
     from ..package.diff import diff
     from ..package.phases import vet
@@ -50,12 +61,13 @@ def execute(args: argparse.Namespace) -> int:
         say(text)
         sys.stderr.flush()
 
+    sinkhole = {"none": False, "sinkhole": True}.get(args.network)  # None: where supported
     report = vet(args.spec, policy, exercise=args.exercise, seconds=args.import_timeout,
-                 progress=progress)
+                 progress=progress, sinkhole=sinkhole)
     output: dict[str, Any] = report
     if args.against:
         older = vet(args.against, policy, exercise=args.exercise, seconds=args.import_timeout,
-                    progress=progress)
+                    progress=progress, sinkhole=sinkhole)
         output = {"package": report, "against": older, "new_behaviour": diff(report, older)}
     if args.json:
         _write_json(args.json, output)
@@ -91,7 +103,8 @@ def render(raw: dict[str, Any]) -> None:
         state = "ok" if phase["status"] == 0 else f"FAILED (exit {phase['status']})"
         egress = phase.get("egress") or {}
         net = (f", network {egress.get('allowed', 0)} allowed / {egress.get('refused', 0)} "
-               "refused" if egress else ", no network")
+               "refused" if egress else "" if phase.get("sinkhole") else ", no network")
+        net += sinkhole_counts(phase.get("sinkhole"))
         out.write(f"  {phase['phase']:<8} {state} on {phase['backend']} in "
                   f"{phase['seconds']} s{net}\n")
         if phase["error"]:

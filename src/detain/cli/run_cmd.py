@@ -53,6 +53,10 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
                        help="let the code reach HOST (a name, *.domain or IP literal; ports "
                        "80 and 443 unless given) through detain's proxy; repeatable "
                        "(default: no network at all)")
+    group.add_argument("--network", choices=("none", "sinkhole"), help="none (default): no "
+                       "network; sinkhole: nothing leaves, but every DNS query is answered "
+                       "and every TCP/UDP connection is accepted and recorded (what, to "
+                       "where, the first bytes); bwrap as root only")
     group.add_argument("--copy-out", metavar="SANDBOX_PATH:HOST_DIR", action="append",
                        help="after the run, copy a path under /scratch to HOST_DIR (no "
                        "symlinks followed, size-capped)")
@@ -85,7 +89,8 @@ def policy_from_args(args: argparse.Namespace, project_dir: str = "."):
     overrides: dict[str, Any] = {
         "backend": args.backend, "min_level": args.min_level, "profile": args.profile,
         "python": args.python, "env": args.env, "mount": args.mount, "copy_out": args.copy_out,
-        "allow_host": args.allow_host, "requirements": args.requirements,
+        "network": args.network, "allow_host": args.allow_host,
+        "requirements": args.requirements,
         "with_packages": args.with_packages, "wheelhouse": args.wheelhouse,
         "image": args.image, "trace": args.trace,
     }

@@ -38,6 +38,7 @@ UID_SPAN = 1 << 20
 LOADER_SCAN = 32 << 20  # bytes of a program searched for $ORIGIN paths
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
@@ -142,10 +143,11 @@ class ChildSetup:
     cgroup_procs: list[str] = field(default_factory=list)
     no_new_privs: bool = False
     confine: list[Callable[[], None]] = field(default_factory=list)
+    netns: int | None = None  # a network namespace fd to join first (the sinkhole's)
 
     def needed(self) -> bool:
         return bool(self.uid is not None or self.stage or self.hide or self.cgroup_procs
-                    or self.no_new_privs or self.confine)
+                    or self.no_new_privs or self.confine or self.netns is not None)
 
     def prepare_stage(self, rundir: Path, sources: list[Path]) -> dict[Path, Path]:
         """Plan staging for sources the sandbox uid cannot reach, or that lie under a dir
@@ -204,6 +206,8 @@ class ChildSetup:
 
     def __call__(self) -> None:
         libc = _libc()
+        if self.netns is not None:
+            join_netns(self.netns)
         if self.stage or self.hide:
             _check(libc.unshare(CLONE_NEWNS))
             _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
@@ -252,6 +256,17 @@ def _libc():
 
         _LIBC = ctypes.CDLL(None, use_errno=True)
     return _LIBC
+
+
+def unshare_netns() -> None:
+    """Move the calling thread (only it: a namespace is per thread) to a new network
+    namespace."""
+    _check(_libc().unshare(CLONE_NEWNET))
+
+
+def join_netns(fd: int) -> None:
+    """Move the calling thread into the network namespace `fd` refers to."""
+    _check(_libc().setns(fd, CLONE_NEWNET))
 
 
 def load_libc() -> None:

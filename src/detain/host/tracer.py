@@ -46,6 +46,8 @@ TRACE_CAP = 16 << 20  # bytes of records read back (MAX_RECORDS records fit well
 END_SECONDS = 10.0
 HEADER = '{"type":"outside-trace","version":1}'
 PR_SET_NO_NEW_PRIVS, PR_SET_PTRACER = 38, 0x59616D61
+O_DIRECTORY = 0o200000
+FLAGS_ARG = {"open": 1, "openat": 2}  # where the open flags are
 TRACER_BOOT = BOOT.replace("warden_main", "tracer_main")
 
 
@@ -82,7 +84,11 @@ def filter_path() -> Path:
                               "install libseccomp2 (apt) or reinstall detain") from None
     filt = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
     for name in syscall_numbers():
-        filt.add_rule(pyseccomp.TRACE(0), name)
+        if name in FLAGS_ARG:  # a directory listed is not reported: no stop for it
+            arg = pyseccomp.Arg(FLAGS_ARG[name], pyseccomp.MASKED_EQ, O_DIRECTORY, 0)
+            filt.add_rule(pyseccomp.TRACE(0), name, arg)
+        else:
+            filt.add_rule(pyseccomp.TRACE(0), name)
     seccomp.export(filt, path)
     return path
 

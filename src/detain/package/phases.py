@@ -4,7 +4,11 @@ Each sandboxed phase is its own run, with a fresh sandbox and its own events; wh
 phase leaves for the next crosses on the host: install's target dir comes back through
 copy-out (no symlinks followed, size-capped) and is shown read-only to import. Only the
 install phase has network, and only to the package index the user configured for pip
-(pinned to its current addresses, see index.py); import and exercise have none.
+(pinned to its current addresses, see index.py); import and exercise have none. Where the
+backend and host allow it (bwrap as root), every phase is in a sinkhole network by default
+(net/sinkhole.py): install still reaches the index through the proxy, and whatever else a
+phase tries (a setup.py posting credentials, a DNS lookup) is answered and recorded
+instead of refused unseen. `--network none` turns it off.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None) 
     return {"phase": name, "status": result.status, "error": result.error,
             "seconds": result.wall_seconds, "backend": result.backend,
             "outcome": phase_outcome(result), "egress": result.behaviour.get("egress"),
+            "sinkhole": result.behaviour.get("sinkhole"),
             "omitted_own_events": len(own),
             "report": report,
             "output_tail": (stdout[-2000:] + result.stderr[-3000:]).decode("utf-8",
@@ -119,8 +124,11 @@ def run_code(name: str, site: Path, policy: Policy, seconds: float) -> dict:
 
 
 def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 10.0,
-        progress: Progress | None = None) -> dict[str, Any]:
-    """The whole package report for `spec`: fetch, scan, install, import (, exercise)."""
+        progress: Progress | None = None, sinkhole: bool | None = None) -> dict[str, Any]:
+    """The whole package report for `spec`: fetch, scan, install, import (, exercise).
+
+    `sinkhole`: None (the default) puts every phase in the sinkhole where supported."""
+    from ..net.sinkhole import supported
     from ..scan import scan
 
     say = progress or (lambda _text: None)
@@ -129,6 +137,10 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
         # One backend for every phase, so their events compare; install needs the proxy.
         chosen = choose("auto", policy.min_level, egress=True)
         policy = replace(policy, backend=chosen.name)
+    if sinkhole is None:
+        sinkhole = policy.sinkhole or supported(policy.backend)
+    policy = replace(policy, sinkhole=sinkhole)
+    rest = "; everything else to the sinkhole" if sinkhole else ""
     policy = on_by_default(policy)  # every process of install and import, seen from outside
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="detain-package-") as tmp:
@@ -144,15 +156,16 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
                    "seconds": round(time.monotonic() - started, 3)}
         say(f"scan {artifact.name} (static, nothing runs)")
         static = scan(unpack(artifact, work / "unpacked"))
-        say("install (sandboxed; network: the package index only)")
+        say(f"install (sandboxed; network: the package index only{rest})")
         installed = install(artifact, policy, config, work)
         phases = [installed]
         site = installed.pop("site")
         if installed["status"] == 0 and site.is_dir():
-            say("import every module (sandboxed; no network)")
+            say(f"import every module (sandboxed; {'sinkhole' if sinkhole else 'no'} network)")
             phases.append(run_code("import", site, policy, seconds))
             if exercise:
-                say("exercise public functions (sandboxed; no network)")
+                say("exercise public functions (sandboxed; "
+                    f"{'sinkhole' if sinkhole else 'no'} network)")
                 phases.append(run_code("exercise", site, policy, seconds))
     return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
             "seconds": round(time.monotonic() - started, 3),
