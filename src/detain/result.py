@@ -33,6 +33,8 @@ class Result:
     stderr_truncated: bool = False
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    # Of wall_seconds, the time the launcher spent installing the job's requirements.
+    install_seconds: float | None = None
     peak_memory_bytes: int = 0
     assurance: dict[str, Any] = field(default_factory=dict)
     copied_out: list[str] = field(default_factory=list)

@@ -75,7 +75,7 @@ def run_suite(project: str | Path, pytest_args: Sequence[str] = (), policy: Poli
                          *pytest_args)
         sandbox = Sandbox(suite_policy(policy, root, wheels, lines, out))
         result = sandbox.run(job, stdout=stdout, stderr=stderr)
-        calibration, tests = read_timeline(out / TIMELINE_DIR / TIMELINE)
+        calibration, tests = read_timeline(out / TIMELINE)  # the dir's contents land in out
     attribute(result.behaviour, calibration, tests)
     result.copied_out = []  # the timeline was detain's own, already read
     return result

@@ -25,7 +25,15 @@ from ..host.copyout import bring_out
 from ..host.disk_watch import DiskWatch
 from ..host.interpreter import Interpreter, find_interpreter
 from ..host.jobmessage import launcher_message
-from ..host.supervise import Capture, Outcome, await_ready, discard, spawn, supervise
+from ..host.supervise import (
+    Capture,
+    Outcome,
+    await_ready,
+    cpu_counted_inside,
+    discard,
+    spawn,
+    supervise,
+)
 from ..host.tracer import OutsideTrace
 from ..host.warden import Warden
 from ..job import Job
@@ -553,6 +561,12 @@ class Backend:
                 result.signal == signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds):
             result.limit = "cpu"
             result.notes.append("CPU time limit hit (RLIMIT_CPU)")
+        inside = cpu_counted_inside(outcome.records, result.wall_seconds)
+        if inside is not None and inside > result.cpu_seconds:  # the host missed the job
+            result.notes.append(f"cpu: {inside} s as counted inside the sandbox (in-process, "
+                                f"unverified); the host saw {result.cpu_seconds} s, not the "
+                                "job's processes")
+            result.cpu_seconds = inside
 
     signal_as_exit_status = False  # True where the sandbox reports a signal as 128+N
 
@@ -564,6 +578,8 @@ class Backend:
             return
         if record.get("ok") is True:
             count, ms = record.get("installed"), record.get("ms")
+            if isinstance(ms, int) and not isinstance(ms, bool):
+                result.install_seconds = ms / 1000
             result.notes.append(
                 "requirements installed inside the sandbox into a throw-away venv ("
                 f"{count if isinstance(count, int) else '?'} package(s), "

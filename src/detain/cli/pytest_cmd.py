@@ -77,9 +77,13 @@ def execute(args: argparse.Namespace) -> int:
 def summary_lines(result) -> list[str]:
     """detain's lines about a finished suite: the host-observed status, then what the job's
     timeline claims, labelled as such."""
+    from .run_cmd import outcome_lines
+
+    lines = outcome_lines(result)
     if result.error:
-        return [f"error: {result.error}"]
-    lines = [f"pytest exited with status {result.status} on {result.backend}"]
+        return lines
+    if not (result.timed_out or result.limit):  # else pytest did not exit: it was ended
+        lines.insert(0, f"pytest exited with status {result.status} on {result.backend}")
     tests = result.behaviour.get("tests", [])
     if tests:
         counts: dict[str, int] = {}

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
 from ..errors import EXIT_DETAIN_ERROR
 
 EXIT_FAIL_ON = 3
+LIMIT_FLAG = {"memory": "--memory SIZE", "cpu": "--cpu SECONDS", "disk": "--disk SIZE"}
+STRICT_HINT = ("this failed under -W error (strict profile), a warning turned into an "
+               "error; `--profile isolated` runs without it")
+# A warning raised as an exception ends a traceback (`DeprecationWarning: ...`), or a
+# pytest failure (`E   DeprecationWarning: ...`); `file:line: ResourceWarning` lines are
+# the launcher's notices about unclosed files, not failures.
+RAISED_WARNING = re.compile(rb"^(?:E +)?(?:\w+\.)*\w*Warning(?::|$)", re.MULTILINE)
 FAIL_ON_CHOICES = ("network", "write", "subprocess", "native", "high")
 
 LIMIT_FLAGS = (
@@ -58,8 +66,10 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
                        "and every TCP/UDP connection is accepted and recorded (what, to "
                        "where, the first bytes); bwrap as root only")
     group.add_argument("--copy-out", metavar="SANDBOX_PATH:HOST_DIR", action="append",
-                       help="after the run, copy a path under /scratch to HOST_DIR (no "
-                       "symlinks followed, size-capped)")
+                       help="after the run, copy a path under /scratch into HOST_DIR: a "
+                       "directory's contents (results:./out gives ./out/a.txt, as cp -r "
+                       "results/. out/ would), a file under its own name; no symlinks "
+                       "followed, size-capped")
     deps = parser.add_argument_group("dependencies (installed inside the sandbox)")
     deps.add_argument("--requirements", metavar="FILE", help="install these requirements "
                       "into a throw-away venv inside the sandbox before the job (wheels only)")
@@ -120,7 +130,8 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
                        "native or high-severity behaviour (repeatable)")
     group.add_argument("--suggest-policy", metavar="FILE", nargs="?", const="-",
                        help="write the least-privileged policy (TOML) that allows what this "
-                       "run did, to FILE or to stderr")
+                       "run did, to FILE or to stderr (limits: 3x what was measured, at "
+                       "least 10 s)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -156,9 +167,11 @@ def execute(args: argparse.Namespace) -> int:
     from ..job import Job
 
     result = None
+    if args.argv[:1] == ["--"]:  # `detain run [OPTIONS] -- job.py`: the end of detain's options
+        args.argv = args.argv[1:]
     try:
         if args.code is None and args.module is None and not args.argv:
-            raise DetainError("nothing to run: give a SCRIPT, -c CODE or -m MODULE")
+            raise DetainError(_nothing_to_run(args))
         stdin = _stdin()
         if args.code is not None:
             job = Job.code(args.code, *args.argv, stdin=stdin)
@@ -184,19 +197,60 @@ def execute(args: argparse.Namespace) -> int:
     met = _report(args, result, scan) if reporting else []
     from ..report.safe_text import say
 
-    if result.error:
-        say(f"error: {result.error}")
-    elif result.timed_out:
-        say(f"timed out after {result.policy['limits']['timeout']} s on {result.backend} "
-            f"(exit {result.status})")
-    elif result.limit:
-        say(f"{result.limit} limit hit on {result.backend} (exit {result.status})")
-    if result.copy_out_error:
-        say(f"{result.copy_out_error} (exit {result.status})")
+    for line in outcome_lines(result):
+        say(line)
     if met and result.status == 0:
         say(f"--fail-on {', '.join(met)}: seen in this run")
         return EXIT_FAIL_ON
     return result.status
+
+
+def _nothing_to_run(args: argparse.Namespace) -> str:
+    """The "nothing to run" error, naming the likely cause: `--suggest-policy` takes an
+    optional FILE, so `--suggest-policy job.py` made the script its FILE."""
+    taken = args.suggest_policy not in (None, "-")
+    return ("nothing to run: give a SCRIPT, -c CODE or -m MODULE" + (
+        f" (--suggest-policy took {args.suggest_policy!r} as the FILE to write: give it one, "
+        "as in --suggest-policy policy.toml job.py, or --suggest-policy=- for stderr)"
+        if taken else ""))
+
+
+def outcome_lines(result) -> list[str]:
+    """detain's own lines on how a run ended, each saying which flag changes it."""
+    if result.error:
+        return [f"error: {result.error}"]
+    lines = []
+    if result.timed_out:
+        lines.append(timeout_line(result))
+    elif result.limit:
+        flag = LIMIT_FLAG.get(result.limit)
+        lines.append(f"{result.limit} limit hit on {result.backend} (exit {result.status})"
+                     + (f"; raise it with {flag}" if flag else ""))
+    elif result.status != 0 and failed_on_warning(result):
+        lines.append(STRICT_HINT)
+    if result.copy_out_error:
+        lines.append(f"{result.copy_out_error} (exit {result.status})")
+    return lines
+
+
+def timeout_line(result) -> str:
+    """The wall-clock limit, and how much of it installing requirements took: their
+    install runs inside the sandbox, on the job's clock."""
+    policy = result.policy
+    spent = ""
+    if result.install_seconds is not None:
+        spent = f", {result.install_seconds:.1f} s of it installing requirements"
+    elif policy.get("requirements") or policy.get("with_packages"):
+        spent = ", still installing requirements"
+    return (f"timed out after {policy['limits']['timeout']:g} s on {result.backend} "
+            f"(exit {result.status}){spent}; raise the limit with --timeout SECONDS")
+
+
+def failed_on_warning(result) -> bool:
+    """Whether a failed strict-profile run shows a warning raised as an error (the end of
+    each stream, where a traceback or pytest's failure report is)."""
+    return result.policy.get("profile") == "strict" and any(
+        RAISED_WARNING.search(stream[-65536:]) for stream in (result.stderr, result.stdout))
 
 
 def _reporting(args: argparse.Namespace) -> bool:

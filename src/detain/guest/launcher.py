@@ -192,17 +192,62 @@ def run_target(kind, target, args):
         exec(compile(target, "<string>", "exec"), namespace)
 
 
-def print_job_traceback(exc):
-    """Print the traceback as plain `python` would: without the launcher's own frames."""
+def _ours(filename):
+    """A frame of detain's, not the job's: this launcher and its siblings, and runpy (whose
+    frames a plain `python script.py` never shows), frozen or not."""
+    runpy_file = getattr(sys.modules.get("runpy"), "__file__", None)
+    return (filename in (runpy_file, "<frozen runpy>")
+            or os.path.dirname(filename) == os.path.dirname(os.path.abspath(__file__)))
+
+
+def _strip_ours(summary, seen=None):
+    """Drop detain's frames from a TracebackException and every exception chained to it."""
     import traceback
 
-    tb = exc.__traceback__
-    runpy_file = getattr(sys.modules.get("runpy"), "__file__", None)
-    here = os.path.dirname(os.path.abspath(__file__))
-    while tb is not None and (tb.tb_frame.f_code.co_filename == runpy_file or os.path.dirname(
-            tb.tb_frame.f_code.co_filename) == here):
-        tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb)
+    seen = set() if seen is None else seen
+    if summary is None or id(summary) in seen:
+        return
+    seen.add(id(summary))
+    summary.stack = traceback.StackSummary.from_list(
+        [frame for frame in summary.stack if not _ours(frame.filename)])
+    for linked in (summary.__cause__, summary.__context__, *(summary.exceptions or ())):
+        _strip_ours(linked, seen)
+
+
+def print_job_traceback(exc):
+    """Print the traceback as plain `python` would: only the job's frames, anywhere in the
+    chain. A MemoryError may leave too little memory to format it: then its last line."""
+    try:
+        import traceback
+
+        summary = traceback.TracebackException.from_exception(exc)
+        _strip_ours(summary)
+        sys.stderr.write("".join(summary.format()))
+    except MemoryError:
+        sys.stderr.write(type(exc).__name__ + "\n")
+    sys.stderr.flush()
+
+
+def show_unraisable(unraisable):
+    """`sys.unraisablehook`: a ResourceWarning that -W error raised where Python can only
+    ignore it (an unclosed file finalised) is one `file:line: ResourceWarning: ...` line,
+    as a warning is shown, not an "Exception ignored in" traceback; anything else as usual."""
+    if not isinstance(unraisable.exc_value, ResourceWarning):
+        sys.__unraisablehook__(unraisable)
+        return
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(unraisable.exc_traceback) if not _ours(f.filename)]
+    where = (frames[-1].filename, frames[-1].lineno) if frames else ("sys", 1)  # as Python
+    sys.stderr.write("%s:%s: ResourceWarning: %s\n" % (*where, unraisable.exc_value))
+
+
+def cpu_seconds():
+    """This process's CPU time and that of the children it waited for, as the job ends.
+    The host's count misses those children where no cgroup or subreaper holds the run."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def read_job(fd):
@@ -268,19 +313,28 @@ def main():
             sys.exit(2)
         sys.path.extend(record["paths"])
     sibling("audit").install(channel.fd, to_json, kind, target)
+    sys.unraisablehook = show_unraisable
+    status = memory_error = None
     try:
-        if options["restricted"]:
-            sibling("restricted").run(kind, target, args)
-        else:
-            run_target(kind, target, args)
-    except MemoryError:
-        channel.send({"type": "exit", "memory_error": True})
-        raise
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        print_job_traceback(exc)
-        sys.exit(1)
+        try:
+            if options["restricted"]:
+                sibling("restricted").run(kind, target, args)
+            else:
+                run_target(kind, target, args)
+        except MemoryError as exc:
+            memory_error = True
+            print_job_traceback(exc)
+            status = 1
+        except SystemExit:
+            raise
+        except BaseException as exc:
+            print_job_traceback(exc)
+            status = 1
+    finally:
+        channel.send({"type": "exit", "memory_error": memory_error is True,
+                      "cpu_ms": int(cpu_seconds() * 1000)})
+    if status is not None:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

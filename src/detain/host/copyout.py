@@ -1,5 +1,8 @@
 """Bring files out of the sandbox's scratch dir without trusting anything about them.
 
+`--copy-out results:./out` puts what `results` holds in ./out (./out/a.txt), as `cp -r
+results/. out/` would; a file (`results/a.txt:./out`) lands as ./out/a.txt.
+
 The tree was written by hostile code. It is walked by host/tree.py (no recursion, every
 component opened relative to its parent's fd with O_NOFOLLOW, at most MAX_DEPTH levels);
 the copies are made the same way under HOST_DIR, so no symlink is ever followed on either
@@ -129,13 +132,13 @@ class _Copier:
             os.close(parent)
 
     def _top(self, parent: int, name: str, info: os.stat_result, dest: int) -> None:
-        top_name = self.parts[-1] if self.parts else "scratch"
-        made = self._entry(parent, name, info, dest, (top_name,), ())
-        if made is None:
+        """A file lands in HOST_DIR under its own name; a directory's contents land in
+        HOST_DIR itself (HOST_DIR is the caller's, so it is no entry of the job's)."""
+        if not stat.S_ISDIR(info.st_mode):
+            self._entry(parent, name, info, dest, (self.parts[-1],), ())
             return
         source = tree.open_dir(name, parent)
-        walk = tree.walk(source, (made, (top_name,)), release=_close_context,
-                         failed=self._failed)
+        walk = tree.walk(source, (dest, ()), release=_close_context, failed=self._failed)
         try:
             for entry in walk:
                 dest_fd, dest_parts = entry.context
@@ -146,7 +149,6 @@ class _Copier:
         finally:
             walk.close()
             os.close(source)
-            os.close(made)
 
     def _entry(self, src_dir: int, name: str, info: os.stat_result, dest_dir: int,
                dest_parts: tuple[str, ...], parts: tuple[str, ...],

@@ -205,6 +205,21 @@ def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr
                    channel_state["bytes"], started, ended)
 
 
+def cpu_counted_inside(records: list[dict], wall_seconds: float) -> float | None:
+    """The CPU seconds the launcher counted as the job ended, itself and the children it
+    waited for (guest/launcher.py's `exit` record), or None.
+
+    Where no cgroup holds the run and the sandbox process does not reap the job (bwrap's
+    monitor exits as soon as its init reports the job's status, before init is reaped),
+    the host's rusage misses the job and its children; this count is then all there is.
+    It is the job's word: capped at what the wall time allows on this host's CPUs."""
+    record = next((r for r in records if r.get("type") == "exit"), None)
+    ms = record.get("cpu_ms") if record is not None else None
+    if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
+        return None
+    return round(min(ms / 1000, wall_seconds * (os.cpu_count() or 1)), 4)
+
+
 READY = b'{"type":"ready"}\n'
 
 

@@ -1,7 +1,9 @@
 """`--suggest-policy`: the tightest policy (TOML) under which this run would still pass.
 
-Limits are what the run used with headroom (doubled, rounded up), never above what it was
-given; capabilities it did not use are turned off. The network allow-list keeps exactly
+Limits are what the run used with headroom, never above what it was given: time three
+times what was measured (one run on a quiet machine says little about a loaded CI
+runner), at least 10 s; sizes doubled, memory at least 64 MiB. A comment in the TOML says
+what was measured. Capabilities it did not use are turned off. The network allow-list keeps exactly
 the host:port pairs the proxy let through; hosts the code tried without an allow-list
 are listed as a comment, so the user decides whether it should have them.
 """
@@ -15,6 +17,9 @@ from ..units import format_size, parse_size
 from .safe_text import visible
 
 MIB = 1 << 20
+TIME_HEADROOM = 3
+TIME_FLOOR = 10  # seconds: an interpreter's start-up alone varies by whole seconds under load
+MEMORY_FLOOR = 64 * MIB
 
 
 def _size(used: int, given: str, floor: int) -> str:
@@ -24,7 +29,7 @@ def _size(used: int, given: str, floor: int) -> str:
 
 
 def _seconds(used: float, given: float) -> int | float:
-    return min(given, max(1, math.ceil(used * 2 + 1)))
+    return min(given, max(TIME_FLOOR, math.ceil(used * TIME_HEADROOM)))
 
 
 def suggest_policy(report: dict[str, Any]) -> str:
@@ -42,6 +47,10 @@ def suggest_policy(report: dict[str, Any]) -> str:
         "# Suggested by detain from one observed run: the least it needed.",
         f"# backend {report['backend']['name']} (level {report['backend']['level']}); "
         f"re-run with --policy to check it still passes.",
+        f"# measured: wall {timings['wall_seconds']:.2f} s, cpu {timings['cpu_seconds']:.2f} s, "
+        f"peak memory {timings['peak_memory_bytes'] / MIB:.0f} MiB; timeout and cpu below are "
+        f"{TIME_HEADROOM}x that (at least {TIME_FLOOR} s), memory 2x (at least "
+        f"{MEMORY_FLOOR // MIB} MiB)",
         f"min_level = {max(policy.get('min_level', 2), 2)}",
         'profile = "strict"',
     ]
@@ -58,7 +67,7 @@ def suggest_policy(report: dict[str, Any]) -> str:
     lines += [
         f"timeout = {_seconds(timings['wall_seconds'], limits['timeout'])}",
         f"cpu = {_seconds(timings['cpu_seconds'], limits['cpu'])}",
-        f'memory = "{_size(timings["peak_memory_bytes"], limits["memory"], 32 * MIB)}"',
+        f'memory = "{_size(timings["peak_memory_bytes"], limits["memory"], MEMORY_FLOOR)}"',
         f"processes = {min(limits['processes'], 1 + spawned * 2)}"
         + ("  # the job spawned processes" if spawned else "  # the job spawned none"),
         f'disk = "{limits["disk"] if writes else "1M"}"'
