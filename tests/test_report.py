@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 import detain
+from browser import browse, chromium, page_requests
 from conftest import REPO, detain_cli, require, run
 from detain.backends import BACKENDS
 from detain.config import load_policy
@@ -100,43 +98,12 @@ def test_html_is_escaped(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.skip("no headless Chromium here (apt package chromium)")
-
-
-def _browse(browser: str, page: Path, work: Path, *extra: str) -> subprocess.CompletedProcess:
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={work / 'profile'}",
-             f"--log-net-log={work / 'net.json'}", "--window-size=1280,2000", *extra]
-    return subprocess.run([*flags, page.as_uri()], capture_output=True, timeout=120,
-                          check=False)
-
-
-def page_requests(netlog: Path) -> set[str]:
-    """URLs the *page* asked for (Chromium's own update/time pings say "not an origin")."""
-    text = netlog.read_text(errors="replace")
-    try:
-        log = json.loads(text)
-    except ValueError:  # Chromium may leave the log unterminated when it exits
-        log = json.loads(text.rstrip().rstrip(",") + "]}")
-    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    urls = {str(e["params"].get("url")): e["params"].get("initiator")
-            for e in log["events"] if e["type"] == start and isinstance(e.get("params"), dict)
-            and "url" in e["params"]}
-    return {url for url, initiator in urls.items() if initiator != "not an origin"
-            and not url.startswith(("file:", "data:"))}
-
-
 def test_html_renders_in_headless_chromium_offline(tmp_path):
-    browser = _chromium()
+    browser = chromium()
     control = tmp_path / "control"
     control.mkdir()
     (control / "p.html").write_text('<img src="http://203.0.113.5/x.png">')
-    _browse(browser, control / "p.html", control, "--dump-dom")
+    browse(browser, control / "p.html", control, "--dump-dom")
     assert page_requests(control / "net.json"), "the net-log check cannot see page requests"
 
     static = scan(PAYLOAD)
@@ -144,11 +111,11 @@ def test_html_renders_in_headless_chromium_offline(tmp_path):
     page = tmp_path / "report.html"
     page.write_text(render(build_report(result, static), ".html"))
     shot = tmp_path / "shot.png"
-    _browse(browser, page, tmp_path, f"--screenshot={shot}")
+    browse(browser, page, tmp_path, f"--screenshot={shot}")
     png = shot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert not page_requests(tmp_path / "net.json")
-    dom = _browse(browser, page, tmp_path / "again", "--dump-dom").stdout.decode()
+    dom = browse(browser, page, tmp_path / "again", "--dump-dom").stdout.decode()
     assert 'id="summary"' in dom and 'id="timeline"' in dom and 'class="tick"' in dom
     assert "socket.connect" in dom
     assert not page_requests(tmp_path / "again" / "net.json")

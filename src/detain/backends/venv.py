@@ -27,12 +27,14 @@ WARNING = ("detain: warning: the venv backend isolates dependencies only; a venv
 class VenvBackend(ProcessBackend):
     name = "venv"
     always_venv = True
+    run_warning: str | None = WARNING  # printed at every run; selftest says it once instead
 
     def probe(self) -> Probe:
         return Probe(True, version=f"Python {platform.python_version()}")
 
     def finish(self, started: Started, job: Job, **sinks: Any) -> Result:
-        print(WARNING, file=sys.stderr)
+        if self.run_warning:
+            print(self.run_warning, file=sys.stderr)
         result = super().finish(started, job, **sinks)
         result.notes.insert(0, WARNING.removeprefix("detain: warning: "))
         return result

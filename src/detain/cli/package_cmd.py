@@ -85,6 +85,7 @@ def render(raw: dict[str, Any]) -> None:
     The report is full of the package's own strings (file names, event summaries, import
     errors, build output): the whole of it is made visible before anything is laid out.
     """
+    from ..report.human import more
     from ..report.safe_text import visible, visible_tree
 
     report = visible_tree(raw)
@@ -98,6 +99,8 @@ def render(raw: dict[str, Any]) -> None:
     for finding in findings[:15]:
         out.write(f"           [{finding.get('severity')}] {finding.get('file')}:"
                   f"{finding.get('line') or ''} {finding.get('title') or finding.get('id')}\n")
+    if hidden := more(len(findings) - 15, "findings"):
+        out.write(f"           {hidden}\n")
     for phase, raw_phase in zip(report["phases"], raw["phases"], strict=True):
         events = [e for e in phase["report"]["events"] if e["category"] in NOTABLE]
         state = "ok" if phase["status"] == 0 else f"FAILED (exit {phase['status']})"
@@ -109,12 +112,11 @@ def render(raw: dict[str, Any]) -> None:
                   f"{phase['seconds']} s{net}\n")
         if phase["error"]:
             out.write(f"           error: {phase['error']}\n")
-        seen: set[str] = set()
-        for event in events:
-            line = f"[{event['severity']}] {event['summary'][:140]} ({event['provenance']})"
-            if line not in seen and len(seen) < 25:
-                seen.add(line)
-                out.write(f"           {line}\n")
+        lines = list(dict.fromkeys(f"[{e['severity']}] {e['summary'][:140]} ({e['provenance']})"
+                                   for e in events))  # repeats merged
+        out.write("".join(f"           {line}\n" for line in lines[:25]))
+        if hidden := more(len(lines) - 25, "events"):
+            out.write(f"           {hidden}\n")
         failures = {k: v for k, v in (phase.get("outcome") or {}).get("modules", {}).items()
                     if v}
         for module, error in list(failures.items())[:10]:

@@ -197,6 +197,8 @@ def clip(value):
 
 
 def path_of(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # open(5) / os.fdopen(5): a descriptor, which the host tells from a path
     if isinstance(value, bytes):
         return clip(value.decode("utf-8", "backslashreplace"))
     return clip(value if isinstance(value, (str, int)) else repr(value))

@@ -8,18 +8,29 @@ the job cannot forge, and cross-checks static findings against runtime behaviour
 from __future__ import annotations
 
 import datetime
+import platform
 import signal
 from typing import Any
 
 from .. import __version__
 from ..result import Result
 from .events import KERNEL
+from .excerpt import excerpt
 from .kernel_trace import parse_trace
 
-SCHEMA_VERSION = "1.0"
-SCHEMA_ID = "https://detain.invalid/schemas/report-1.0.json"
+SCHEMA_VERSION = "1.1"
+SCHEMA_ID = "https://detain.invalid/schemas/report-1.1.json"
 NOTABLE = ("network", "process", "native", "code", "file-write", "hook", "deserialize",
            "runtime")
+
+
+def is_notable(event: dict[str, Any]) -> bool:
+    """What the reports single out and count as notable: an event of a NOTABLE category,
+    or any high-severity one (a read of ~/.ssh is a file-read, yet high). Every high event
+    is notable, so "N notable (M high)" adds up, and so do the rows that list them."""
+    return event["category"] in NOTABLE or event["severity"] == "high"
+
+
 FAIL_ON = {
     "network": lambda e: e["category"] == "network",
     "write": lambda e: e["category"] == "file-write",
@@ -61,13 +72,15 @@ def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str
     events += runtime_events(result) + kernel.events
     static = scan or {"ran": False, "findings": [], "errors": []}
     findings = [dict(f) for f in static.get("findings", [])]
-    crosscheck(findings, events)
+    crosscheck(findings, events, scanned=bool(static.get("ran")))
     data = result.to_dict()
     return _assemble({
         "job": result.job, "policy": result.policy,
         "backend": {"name": result.backend, "level": result.level,
                     "choice": result.backend_choice},
         "assurance": result.assurance,
+        "output": {"stdout": excerpt(result.stdout, result.stdout_truncated),
+                   "stderr": excerpt(result.stderr, result.stderr_truncated)},
         "outcome": {key: data[key] for key in (
             "status", "exit_code", "signal", "signal_name", "timed_out", "limit", "error",
             "stdout_truncated", "stderr_truncated", "copied_out", "copy_out_error", "notes")},
@@ -98,6 +111,8 @@ def _assemble(body: dict[str, Any]) -> dict[str, Any]:
     report = {"$schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION,
               "tool": {"name": "detain", "version": __version__},
               "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "host": {"name": platform.node(),
+                       "system": f"{platform.system()} {platform.release()}"},
               **body}
     report["summary"] = summarise(report)
     return report
@@ -122,14 +137,15 @@ def scan_report(scan: dict[str, Any]) -> dict[str, Any]:
     })
 
 
-def crosscheck(findings: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+def crosscheck(findings: list[dict[str, Any]], events: list[dict[str, Any]],
+               scanned: bool) -> None:
     """Mark findings the run confirmed and notable events no finding predicted.
 
     A finding is confirmed by an event of its category in the same file (on its line when
     the event has one there, else anywhere in the file: a call site and the line that
-    triggers it often differ). With no static scan, nothing is "unpredicted".
+    triggers it often differ). With no static scan, nothing is "unpredicted"; after a scan
+    that found nothing, every notable event is.
     """
-    scanned = bool(findings)
     for finding in findings:
         matches = [e for e in events if e["category"] == finding["category"]
                    and e.get("file") == finding["file"]]
@@ -153,7 +169,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     findings = report["static"]["findings"]
     return {
         "events": len(events), "by_category": counts,
-        "notable": sum(1 for e in events if e["category"] in NOTABLE),
+        "notable": sum(1 for e in events if is_notable(e)),
         "high": sum(1 for e in events if e["severity"] == "high"),
         "findings": len(findings),
         "findings_high": sum(1 for f in findings if f["severity"] == "high"),

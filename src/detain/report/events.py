@@ -44,7 +44,7 @@ SENSITIVE = ("/.ssh/", "/.ssh", ".aws/credentials", "/.netrc", "/etc/shadow", "/
 WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
 SEVERITY = {"network": "high", "process": "high", "native": "high", "hook": "high",
             "code": "medium", "deserialize": "medium", "file-write": "medium",
-            "file-read": "low", "import": "info", "runtime": "high"}
+            "file-read": "low", "import": "info", "runtime": "high", "fd": "info"}
 
 
 def _text(value: Any) -> str | None:
@@ -71,10 +71,14 @@ def _detail(args: Any) -> dict[str, Any]:
 
 
 def category_of(event: str, raw: str, detail: dict[str, Any]) -> str:
-    """The guest's coarse category, refined: an `open` is a read or a write."""
+    """The guest's coarse category, refined: an `open` is a read or a write of a path, or
+    of no path at all: `open(5)` / `os.fdopen(5)` (subprocess does it for every pipe it
+    makes) wraps a descriptor the job already holds, so it is `fd`, never a file read."""
     if raw == "file":
         if event != "open":
             return "file-write"
+        if _int(detail.get("path")) is not None:
+            return "fd"
         mode, flags = detail.get("mode") or "", detail.get("flags")
         wants_write = any(c in str(mode) for c in "wax+") or (
             isinstance(flags, int) and flags & WRITE_FLAGS)
@@ -84,6 +88,8 @@ def category_of(event: str, raw: str, detail: dict[str, Any]) -> str:
 
 def summary_of(event: str, detail: dict[str, Any]) -> str:
     """One short line a person reads: what was touched, not how the hook saw it."""
+    if event == "open" and _int(detail.get("path")) is not None:
+        return f"fd {detail['path']} (an open descriptor such as a pipe, not a path)"
     for key in ("path", "address", "url", "command", "executable", "library", "module",
                 "host", "global", "code", "source"):
         value = detail.get(key)

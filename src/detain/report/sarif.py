@@ -58,7 +58,7 @@ def _dynamic_run(report: dict[str, Any]) -> dict[str, Any]:
     rules: dict[str, dict[str, Any]] = {}
     results = []
     for event in report["events"]:
-        if event["category"] == "import":
+        if event["category"] in ("import", "fd"):  # routine: no result a reviewer acts on
             continue
         rule = f"runtime/{event['category']}/{event['event']}"
         rules.setdefault(rule, {"id": rule, "name": event["event"],

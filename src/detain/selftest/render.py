@@ -37,6 +37,8 @@ def matrix(reports: list[TargetReport]) -> Table:
 
 
 def _score_cell(report: TargetReport) -> str:
+    if report.not_comparable:  # every probe stopped before its attack: no score at all
+        return "[yellow]not comparable[/]"
     contained, judged = score(report)
     colour = "green" if report.clean else ("red" if report.target.level >= CONTAINING_LEVEL
                                            else "yellow")
@@ -44,9 +46,12 @@ def _score_cell(report: TargetReport) -> str:
 
 
 def escapes(reports: list[TargetReport]) -> list[str]:
-    """One line per escape or error, for below the matrix; a detail may quote the job."""
+    """One line per escape or error, and per backend whose score is not comparable, for
+    below the matrix; a detail may quote the job."""
     lines = []
     for report in reports:
+        if report.not_comparable:
+            lines.append(f"{report.target.name}: {visible(report.not_comparable)}")
         for probe_id, verdict in report.verdicts.items():
             if verdict.status in (ESCAPED, ERROR):
                 lines.append(f"{report.target.name} {probe_id}: {verdict.status}: "

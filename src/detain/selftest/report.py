@@ -18,9 +18,10 @@ def score(report: TargetReport) -> tuple[int, int]:
 
 
 def failed(reports: list[TargetReport]) -> list[str]:
-    """Backends of level >= 2 that let something out or could not be judged."""
+    """Backends of level >= 2 that let something out or could not be judged (a probe's
+    error, or no probe able to run its attack at all)."""
     return [r.target.name for r in reports
-            if r.target.level >= CONTAINING_LEVEL and not r.clean]
+            if r.target.level >= CONTAINING_LEVEL and (not r.clean or r.not_comparable)]
 
 
 def to_dict(reports: list[TargetReport], unavailable: dict[str, str]) -> dict[str, Any]:
@@ -31,7 +32,8 @@ def to_dict(reports: list[TargetReport], unavailable: dict[str, str]) -> dict[st
         "backends": [{
             "backend": r.target.name, "level": r.target.level, "seconds": r.seconds,
             "contained": score(r)[0], "judged": score(r)[1], "escaped": r.count(ESCAPED),
-            "errors": r.count(ERROR),
+            "errors": r.count(ERROR), "comparable": r.not_comparable is None,
+            "not_comparable": r.not_comparable,
             "verdicts": {pid: {"status": v.status, "detail": v.detail, "seconds": v.seconds}
                          for pid, v in r.verdicts.items()},
         } for r in reports],

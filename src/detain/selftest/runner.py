@@ -9,8 +9,10 @@ something that could take the host down.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +37,11 @@ from .model import (
     Outcome,
     Probe,
     Verdict,
+    program,
 )
 
 DEFAULT_TIMEOUT = 15
+PRELUDE_OK = "DETAIN-SELFTEST-PRELUDE-OK"
 
 
 @dataclass
@@ -52,9 +56,13 @@ class Target:
 
 @dataclass
 class TargetReport:
+    """One backend's verdicts. `not_comparable` says why none of its probes could run
+    their attack at all (a perfect score there would mean nothing)."""
+
     target: Target
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     seconds: float = 0.0
+    not_comparable: str | None = None
 
     def count(self, status: str) -> int:
         return sum(v.status == status for v in self.verdicts.values())
@@ -172,12 +180,20 @@ def run_target(target: Target, session: Session, *, probes: list[Probe] | None =
     probes = PROBES if probes is None else probes
     report = TargetReport(target)
     started = time.monotonic()
+    _warn_once(target)
     target.mounts = supports_mounts(target, session)
 
     def record(probe: Probe, verdict: Verdict) -> None:
         report.verdicts[probe.id] = verdict
         if on_verdict is not None:
             on_verdict(target, probe, verdict)
+
+    report.not_comparable = prelude_fails(target)
+    if report.not_comparable:
+        for probe in probes:
+            record(probe, Verdict(NOT_APPLICABLE, report.not_comparable))
+        report.seconds = round(time.monotonic() - started, 1)
+        return report
 
     harmless = [p for p in probes if not p.dangerous]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -190,6 +206,37 @@ def run_target(target: Target, session: Session, *, probes: list[Probe] | None =
                else run_trial(probe, target, session))
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def _warn_once(target: Target) -> None:
+    """A backend that warns at every run (venv: "not a security boundary") says it once
+    for the whole battery, not once per probe above the matrix."""
+    warning = getattr(target.backend, "run_warning", None)
+    if warning:
+        print(warning, file=sys.stderr)
+        target.backend = copy.copy(target.backend)
+        target.backend.run_warning = None
+
+
+def prelude_fails(target: Target) -> str | None:
+    """Why no probe can run its attack on this backend, or None when they can.
+
+    Every probe starts with the same prelude (`import os, sys`); a backend that refuses
+    it (restricted: RestrictedPython allows a few stdlib imports) stops every probe
+    before its attack, and "contained" would only mean "never tried". A backend that
+    fails to start is left to the probes, which report it as errors."""
+    policy = Policy().merge({"timeout": DEFAULT_TIMEOUT}, "selftest")
+    try:
+        result = target.backend.run(Job.code(program("prelude", f"print({PRELUDE_OK!r})")),
+                                    policy)
+    except DetainError:
+        return None
+    if result.error is not None or result.timed_out or result.limit is not None \
+            or PRELUDE_OK.encode() in result.stdout:
+        return None
+    said = result.stderr.decode("utf-8", "backslashreplace").strip().splitlines()
+    return ("not comparable: the probes' first line (import os, sys) fails here, so none "
+            f"could try its attack ({said[-1][:200] if said else f'exit {result.status}'})")
 
 
 def _gate(target: Target, report: TargetReport) -> str | None:
