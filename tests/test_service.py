@@ -15,71 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from conftest import require
+from service_servers import TOKEN, Server
 
 judge0 = pytest.importorskip("judge0", reason="the official judge0 client (make test installs it)")
-TOKEN = "grader-token-0123456789"
 OTHER = "other-token-9876543210"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, state: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DETAIN_STATE_DIR": str(state)}
-        self.args = args
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "detain", "serve", "--http", f"127.0.0.1:{self.port}",
-             *self.args], env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
-        line = self.proc.stderr.readline().decode()
-        assert "HTTP on" in line, line + self.proc.stderr.read().decode()
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("the service did not listen")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def call(self, method: str, path: str, body: object = None, token: str | None = TOKEN,
-             raw: bytes | None = None) -> tuple[int, object]:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("X-Auth-Token", token)
-        try:
-            with urllib.request.urlopen(request, timeout=120) as answer:
-                status, text = answer.status, answer.read()
-        except urllib.error.HTTPError as refused:
-            status, text = refused.code, refused.read()
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text.decode()
 
 
 @pytest.fixture

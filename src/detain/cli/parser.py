@@ -8,7 +8,8 @@ import importlib
 from .. import __version__
 from ..errors import EXIT_DETAIN_ERROR
 
-COMMANDS = ("run", "doctor", "setup", "selftest", "scan", "package", "pytest", "serve")
+COMMANDS = ("run", "doctor", "setup", "selftest", "scan", "package", "pytest", "serve",
+            "worker")
 
 
 class OneLineParser(argparse.ArgumentParser):

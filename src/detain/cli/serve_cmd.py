@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="Celery broker (redis://…): submissions run on `detain worker`s")
     http.add_argument("--callback-allow", metavar="CIDR", action="append", default=[],
                       help="let callback_url reach this private range too (repeatable)")
+    http.add_argument("--redeliver-after", metavar="SECONDS", type=float, default=120.0,
+                      help="with --broker: send again a submission still queued after this "
+                      "long; give the workers the same value (default 120)")
     parser.set_defaults(handler=execute)
 
 
@@ -75,7 +78,7 @@ def execute(args: argparse.Namespace) -> int:
 
         return serve_http(HttpOptions(args.http, args.tokens, args.policy, args.workers,
                                       args.database, args.broker,
-                                      tuple(args.callback_allow)))
+                                      tuple(args.callback_allow), args.redeliver_after))
     from ..host.rundir import base_dir
     from ..pool import SandboxPool
     from .parser import build_parser

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import DetainError
 
@@ -28,6 +29,7 @@ class HttpOptions:
     database: str | None = None
     broker: str | None = None
     callback_allow: tuple[str, ...] = ()
+    redeliver: float = 120.0
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -53,12 +55,15 @@ def networks(values: tuple[str, ...]) -> tuple:
         raise DetainError(f"--callback-allow: {exc}") from None
 
 
-def serve_http(options: HttpOptions) -> int:
-    try:
-        import uvicorn
+@dataclass
+class Parts:
+    store: Any
+    tokens: Any
 
-        from .app import Service
-        from .executor import Executor, Metrics
+
+def service_parts(tokens: Path | None, policy: Path | None, database: str | None) -> Parts:
+    """The store and the token table, shared by the API and every worker."""
+    try:
         from .store import Store
         from .tokens import Tokens
     except ImportError as exc:
@@ -67,6 +72,19 @@ def serve_http(options: HttpOptions) -> int:
     from ..config import load_policy
     from ..host.rundir import base_dir
 
+    table = Tokens(load_policy(policy), tokens)
+    try:
+        store = Store(database or f"sqlite:///{base_dir() / 'service.db'}")
+    except ImportError as exc:
+        raise DetainError(f"the database driver {exc.name!r} is missing: pip install "
+                          "'psycopg[binary]' for PostgreSQL") from None
+    except Exception as exc:  # SQLAlchemy's errors: a URL or a server that does not answer
+        raise DetainError(f"cannot open the store {_redact(database or 'sqlite')}: "
+                          f"{str(exc).splitlines()[0][:200]}") from None
+    return Parts(store, table)
+
+
+def serve_http(options: HttpOptions) -> int:
     host, port = split_listen(options.listen)
     if options.tokens is None and not is_loopback(host):
         raise DetainError(f"--http {options.listen}: without --tokens FILE the service listens "
@@ -75,25 +93,28 @@ def serve_http(options: HttpOptions) -> int:
     if options.broker is not None and options.database is None:
         raise DetainError("--broker needs --database (the API and the workers share the store)")
     allowed = networks(options.callback_allow)
-    ceiling = load_policy(options.policy)
-    tokens = Tokens(ceiling, options.tokens)
-    database = options.database or f"sqlite:///{base_dir() / 'service.db'}"
-    store = Store(database)
+    parts = service_parts(options.tokens, options.policy, options.database)
+    import uvicorn
+
+    from .app import Service
+    from .executor import Executor, Metrics
+
     metrics = Metrics()
     if options.broker is None:
         from .embedded import Embedded
 
-        dispatcher = Embedded(Executor(store, tokens, workers=options.workers,
+        dispatcher = Embedded(Executor(parts.store, parts.tokens, workers=options.workers,
                                        callbacks_allowed=allowed, metrics=metrics), allowed)
         mode = f"embedded, {options.workers} worker(s)"
     else:
         from .worker import Distributed
 
-        dispatcher = Distributed(store, options.broker, allowed)
+        dispatcher = Distributed(parts.store, options.broker, allowed, options.redeliver)
         mode = f"distributed through {_redact(options.broker)}"
-    app = Service(store, tokens, dispatcher, metrics).app()
+    app = Service(parts.store, parts.tokens, dispatcher, metrics).app()
     print(f"detain serve: HTTP on http://{options.listen} ({mode}; store "
-          f"{_redact(database)}); Ctrl-C stops it", file=sys.stderr, flush=True)
+          f"{_redact(str(parts.store.engine.url))}); Ctrl-C stops it", file=sys.stderr,
+          flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=5))
@@ -102,7 +123,7 @@ def serve_http(options: HttpOptions) -> int:
         server.run()
     finally:
         dispatcher.close()
-        store.close()
+        parts.store.close()
     print("detain serve: stopped", file=sys.stderr)
     return 0
 

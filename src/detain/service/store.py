@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
+STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"  # sorts as it reads
 metadata = MetaData()
 submissions = Table(
     "detain_submissions", metadata,
@@ -52,7 +52,7 @@ submissions = Table(
 
 def now() -> str:
     """Judge0's timestamp format (the official client parses exactly this)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime(STAMP)
 
 
 class Store:
@@ -113,6 +113,14 @@ class Store:
         with self.engine.connect() as conn:
             return [row.token for row in conn.execute(query.order_by(submissions.c.created_at))]
 
+    def stale(self, state: str, seconds: float) -> list[str]:
+        """Rows in `state` accepted more than `seconds` ago."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=seconds)).strftime(STAMP)
+        query = select(submissions.c.token).where(submissions.c.state == state,
+                                                  submissions.c.created_at < cutoff)
+        with self.engine.connect() as conn:
+            return [row.token for row in conn.execute(query)]
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(submissions.c.state))
@@ -139,12 +147,3 @@ def _record(row: Any) -> dict[str, Any]:
     record["response"] = json.loads(row["response"]) if row["response"] else None
     return record
 
-
-def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
-    """Poll `predicate` (a store read) until it holds or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
