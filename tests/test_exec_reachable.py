@@ -118,3 +118,36 @@ def test_a_program_others_may_not_execute_is_one_line_saying_what_to_do(hidden):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"detain: error: {binary} is not executable by other users")
     assert lines[0].endswith("chmod o+rx it")
+
+
+def test_a_uid_is_swept_without_execing_anything_it_must_reach():
+    """Where no system `kill` exists, the sweep signals as the uid from a fork, not by
+    running an interpreter from a path (a venv under /root) that uid cannot traverse."""
+    from detain.host import privileges
+
+    uid = privileges.fresh_uid()
+    sleeper = subprocess.Popen(["sleep", "60"], user=uid, group=uid, extra_groups=[])
+    try:
+        assert privileges.pids_of_uid(uid) == [sleeper.pid]
+        privileges._kill_all_as(uid)
+        assert sleeper.wait(timeout=5) == -9
+        assert privileges.pids_of_uid(uid) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_micro_vm_refuses_an_interpreter_its_own_tmp_would_hide(hidden):
+    require("microvm")
+    if not str(hidden).startswith("/tmp/"):
+        pytest.skip("the temp dir is not under /tmp here")
+    venv = hidden / "venv-microvm"
+    subprocess.run([sys.executable, "-m", "venv", "--copies", "--without-pip", str(venv)],
+                   check=True)
+    done = _cli(hidden, "run", "--backend", "microvm", "-c", JOB,
+                python=str(venv / "bin" / "python"))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"detain: error: the micro-VM mounts its own /tmp, which hides the interpreter "
+        f"{venv}/bin/python; use a Python installed outside /tmp (--python) or another "
+        "backend"]

@@ -124,6 +124,12 @@ class MicroVMBackend(Backend):
         if ctx.deps:
             raise DetainError("the micro-VM backend cannot install requirements yet; use "
                               "--backend bwrap for jobs with requirements")
+        hidden = next((d for d in ("/tmp", "/dev/shm") for p in ctx.interpreter.bind_dirs
+                       if p == d or p.startswith(d + "/")), None)
+        if hidden is not None:  # the guest mounts its own tmpfs there, over the image's copy
+            raise DetainError(f"the micro-VM mounts its own {hidden}, which hides the "
+                              f"interpreter {ctx.interpreter.executable}; use a Python "
+                              f"installed outside {hidden} (--python) or another backend")
 
     def _message(self, ctx: RunContext) -> bytes:
         """The job as the guest init receives it after the restore."""

@@ -20,11 +20,9 @@ import functools
 import os
 import re
 import secrets
-import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,8 +104,11 @@ def pids_of_uid(uid: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=1)
-def _kill_binary() -> str:
-    return shutil.which("kill") or "/bin/kill"
+def _kill_binary() -> str | None:
+    """The system's kill, where any uid can exec it (never one from the caller's PATH)."""
+    return next((path for path in ("/usr/bin/kill", "/bin/kill")
+                 if reachable_by_others(Path(path)) and os.stat(path).st_mode & stat.S_IXOTH),
+                None)
 
 
 @cleaner("uid")
@@ -117,14 +118,28 @@ def kill_uid(uid: int) -> None:
     for _ in range(50):
         if not pids_of_uid(uid):
             return
-        if os.path.exists(killer):
-            argv = [killer, "-9", "-1"]
+        if killer is not None:
+            subprocess.run([killer, "-9", "-1"], user=uid, group=uid, extra_groups=[],
+                           env={}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
         else:
-            argv = [sys.executable, "-I", "-S", "-c", "import os; os.kill(-1, 9)"]
-        subprocess.run(argv, user=uid, group=uid, extra_groups=[], env={},
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            _kill_all_as(uid)
         time.sleep(0.005)
     raise RuntimeError(f"processes of uid {uid} survived SIGKILL")
+
+
+def _kill_all_as(uid: int) -> None:
+    """kill(-1) as `uid` from a forked child: no program to exec that the uid must reach."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 @dataclass
