@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "doctor", help="which backends can run here, at which level, and why not",
         description="List every isolation backend with its security level, whether it can "
-        "run on this host, its version, and what to install when it cannot.")
+        "run on this host, its version, and what to install when it cannot; then which one "
+        "`auto` picks, why, and its expected cost per run.")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     parser.set_defaults(handler=execute)
 
