@@ -48,10 +48,12 @@ test-all: system-deps $(VENV)/.installed-test lint setup-backends
 soak: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m soak -p no:randomly $(PYTEST_ARGS)
 
-## make bench: start-up per backend against the bare interpreter (API, CLI, detain serve)
-bench: $(VENV)/.installed
+## make bench: start-up per backend against the bare interpreter (API, CLI, detain serve),
+## and the HTTP service's submissions/s and latency, embedded and scaled out
+bench: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

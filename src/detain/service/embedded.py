@@ -64,4 +64,4 @@ async def poll(store: Store, token: str, step: float = 0.02) -> dict[str, Any] |
         if record is None or record["state"] == DONE:
             return record
         await asyncio.sleep(step)
-        step = min(step * 1.5, 0.5)
+        step = min(step * 1.5, 0.05)

@@ -54,7 +54,7 @@ class Executor:
         self.name = name
         self.callbacks_allowed = callbacks_allowed
         self.metrics = metrics or Metrics()
-        self.pool = SandboxPool(warm=1)
+        self.pool = SandboxPool(warm=workers)  # a spare ready for each run at once
         self._pool_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="detain-service")
         self._kinds: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
