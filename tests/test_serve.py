@@ -134,14 +134,20 @@ def test_errors_are_the_clis_own(served):
     assert timeout.returncode == 124
 
 
-def test_interrupting_the_client_cancels_the_run(served):
-    require("bwrap")
-    env, server, _ = served
+def busy_client(env: dict[str, str]) -> subprocess.Popen:
+    """A `detain run` through the server whose job has started and spins until ended."""
     client = subprocess.Popen([sys.executable, "-m", "detain", "run", "--backend", "bwrap",
                                "--timeout", "60", "-c", "print('started', flush=True)\n"
                                "while True: pass"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
     assert client.stdout.readline() == b"started\n"
+    return client
+
+
+def test_interrupting_the_client_cancels_the_run(served):
+    require("bwrap")
+    env, server, _ = served
+    client = busy_client(env)
     client.send_signal(signal.SIGINT)
     assert client.wait(timeout=10) == 130
     assert b"interrupted; the sandbox was removed" in client.stderr.read()
@@ -155,11 +161,7 @@ def test_stopping_the_server_cancels_the_run_in_hand(served):
     still stops cleanly, its spares and the run's remains removed."""
     require("bwrap")
     env, server, private = served
-    client = subprocess.Popen([sys.executable, "-m", "detain", "run", "--backend", "bwrap",
-                               "--timeout", "60", "-c", "print('started', flush=True)\n"
-                               "while True: pass"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-    assert client.stdout.readline() == b"started\n"
+    client = busy_client(env)
     assert "stopped" in stop_server(server, env)
     assert client.wait(timeout=10) == 130
     assert b"detain serve was stopped during this run" in client.stderr.read()

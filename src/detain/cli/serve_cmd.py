@@ -22,11 +22,11 @@ import socket
 import stat
 import struct
 import sys
-from pathlib import Path
 
 from ..errors import EXIT_DETAIN_ERROR, EXIT_INTERRUPTED, DetainError
 from ..paths import server_socket
 from .client import MAGIC
+from .service_args import add_shared, how_many
 
 BODY_CAP = 8 << 20  # a command line is at most a few MiB (ARG_MAX)
 REQUEST_TIMEOUT = 10.0
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Listen for `detain run` commands of this user and run each on a "
         "sandbox started ahead of it. Stops on Ctrl-C or SIGTERM, removing its spares. "
         "Set DETAIN_NO_SERVER=1 for a `detain run` that should not use it.")
-    parser.add_argument("--warm", metavar="N", type=_spares, default=1,
+    parser.add_argument("--warm", metavar="N", type=how_many("spares", 16), default=1,
                         help="spare sandboxes kept ready per policy (default 1)")
     http = parser.add_argument_group(
         "HTTP service", "With --http, serve Judge0's API and detain's own over HTTP instead "
@@ -46,30 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     http.add_argument("--http", metavar="HOST:PORT",
                       help="listen for HTTP here, e.g. 127.0.0.1:2358 (loopback only unless "
                       "--tokens is given)")
-    http.add_argument("--tokens", metavar="FILE", type=Path,
-                      help="TOML file of client tokens, each with its policy ceiling")
-    http.add_argument("--policy", metavar="FILE", type=Path,
-                      help="the server's policy: the ceiling of every client")
-    http.add_argument("--workers", metavar="N", type=_spares, default=2,
+    add_shared(http, worker=False)
+    http.add_argument("--workers", metavar="N", type=how_many("runs at once"), default=2,
                       help="submissions run at once, embedded (default 2)")
-    http.add_argument("--database", metavar="URL",
-                      help="SQLAlchemy URL of the store (default: SQLite in the state dir; "
-                      "postgresql+psycopg://… when scaled out)")
-    http.add_argument("--broker", metavar="URL",
-                      help="Celery broker (redis://…): submissions run on `detain worker`s")
     http.add_argument("--callback-allow", metavar="CIDR", action="append", default=[],
                       help="let callback_url reach this private range too (repeatable)")
-    http.add_argument("--redeliver-after", metavar="SECONDS", type=float, default=120.0,
-                      help="with --broker: send again a submission still queued after this "
-                      "long; give the workers the same value (default 120)")
     parser.set_defaults(handler=execute)
-
-
-def _spares(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 16:
-        raise argparse.ArgumentTypeError(f"expected a number of spares from 1 to 16, "
-                                         f"got {value!r}")
-    return int(value)
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from .service_args import add_shared, how_many
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,21 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the result in the database. Start as many as you like, on any machines, with the "
         "API's own --tokens and --policy (a submission runs under its owner's ceiling). "
         "Needs `pip install 'detain[service]'`.")
-    parser.add_argument("--broker", metavar="URL", required=True,
-                        help="the Celery broker the API sends to, e.g. redis://host:6379/0")
-    parser.add_argument("--database", metavar="URL", required=True,
-                        help="the API's store, e.g. postgresql+psycopg://user@host/db")
+    add_shared(parser, worker=True)
     parser.add_argument("--name", metavar="NODE",
                         help="this worker's node name (default: detain@HOSTNAME)")
-    parser.add_argument("--tokens", metavar="FILE", type=Path,
-                        help="the API's tokens file (each token's ceiling)")
-    parser.add_argument("--policy", metavar="FILE", type=Path,
-                        help="the API's policy: the ceiling of every client")
-    parser.add_argument("--concurrency", metavar="N", type=int, default=2,
+    parser.add_argument("--concurrency", metavar="N", type=how_many("runs at once"), default=2,
                         help="submissions this worker runs at once (default 2)")
-    parser.add_argument("--redeliver-after", metavar="SECONDS", type=float, default=120.0,
-                        help="a task whose worker vanished goes to another after this long; "
-                        "give the API the same value (default 120)")
     parser.set_defaults(handler=execute)
 
 
