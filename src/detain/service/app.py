@@ -5,6 +5,8 @@ checked: bodies are capped before they are read in full, JSON that does not pars
 is a 4xx JSON error (never a 500 with a traceback), each caller is rate-limited, and a
 caller sees and deletes only its own submissions (another's token is a 404, as if unknown).
 Accepted submissions are stored before they run (store.py), so none is lost to a restart.
+Whatever may block (the store, the broker) runs on Starlette's thread pool, never on the
+event loop: a slow PostgreSQL or a Redis that is down must not stall every other client.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -116,7 +119,7 @@ class Service:
         encoded = _flag(request, "base64_encoded")
         fields = judge0.fields_param(request.query_params.get("fields"))
         body = await _json(request)
-        token = self._accept(body, encoded, caller)
+        token = await run_in_threadpool(self._accept, body, encoded, caller)
         if not _flag(request, "wait"):
             return JSONResponse({"token": token}, status_code=201)
         record = await self._finished(token)
@@ -132,13 +135,15 @@ class Service:
         answers = []
         for item in items:
             try:
-                answers.append({"token": self._accept(item, encoded, caller)})
+                answers.append({"token": await run_in_threadpool(self._accept, item,
+                                                                 encoded, caller)})
             except judge0.Invalid as invalid:
                 answers.append(invalid.errors)
         return JSONResponse(answers, status_code=201)
 
     async def get(self, request: Request, caller: Caller) -> Response:
-        record = self._owned(request.path_params["token"], caller, "judge0")
+        record = await run_in_threadpool(self._owned, request.path_params["token"], caller,
+                                         "judge0")
         fields = judge0.fields_param(request.query_params.get("fields"))
         return JSONResponse(self._shown(record, fields, _flag(request, "base64_encoded")))
 
@@ -148,19 +153,20 @@ class Service:
             raise Refused(422, {"tokens": ["give up to 20 tokens, comma-separated"]})
         fields = judge0.fields_param(request.query_params.get("fields"))
         encoded = _flag(request, "base64_encoded")
-        found = self.store.many(tokens)
+        found = await run_in_threadpool(self.store.many, tokens)
         return JSONResponse({"submissions": [
             self._shown(found[t], fields, encoded)
             if t in found and found[t]["owner"] == caller.name and found[t]["kind"] == "judge0"
             else None for t in tokens]})
 
     async def delete(self, request: Request, caller: Caller) -> Response:
-        record = self._owned(request.path_params["token"], caller, "judge0")
+        record = await run_in_threadpool(self._owned, request.path_params["token"], caller,
+                                         "judge0")
         if record["state"] != DONE:
             raise error(400, "the submission is still queued or running; delete it once it "
                              "has finished")
         fields = judge0.fields_param(request.query_params.get("fields"))
-        self.store.delete(record["token"])
+        await run_in_threadpool(self.store.delete, record["token"])
         return JSONResponse(self._shown(record, fields, _flag(request, "base64_encoded")))
 
     def _accept(self, body: Any, encoded: bool, caller: Caller) -> str:
@@ -216,14 +222,14 @@ class Service:
             runs.parse(body, caller.ceiling)
         except DetainError as exc:
             raise error(422, str(exc)) from None
-        token = self._store({"body": body}, "run", caller)
+        token = await run_in_threadpool(self._store, {"body": body}, "run", caller)
         if not _flag(request, "wait"):
             return JSONResponse({"id": token}, status_code=201)
         record = await self._finished(token)
         return JSONResponse(_run_view(record), status_code=201)
 
     async def get_run(self, request: Request, caller: Caller) -> Response:
-        record = self._owned(request.path_params["token"], caller, "run")
+        record = await run_in_threadpool(self._owned, request.path_params["token"], caller, "run")
         shape = request.query_params.get("format", "json")
         response = record["response"]
         if shape == "json" or response is None or "report" not in response:
@@ -239,7 +245,7 @@ class Service:
         raise error(400, "format must be json, sarif or html")
 
     async def healthz(self, request: Request, caller: Caller | None) -> Response:
-        healthy, detail = self.dispatcher.health()
+        healthy, detail = await run_in_threadpool(self.dispatcher.health)
         return JSONResponse({"ok": healthy, **detail}, status_code=200 if healthy else 503)
 
     async def prometheus(self, request: Request, caller: Caller) -> Response:

@@ -60,7 +60,7 @@ class Embedded:
 async def poll(store: Store, token: str, step: float = 0.02) -> dict[str, Any] | None:
     """The row once it is done (None if it was deleted), reading the store every `step`."""
     while True:
-        record = store.get(token)
+        record = await asyncio.to_thread(store.get, token)
         if record is None or record["state"] == DONE:
             return record
         await asyncio.sleep(step)

@@ -58,7 +58,9 @@ class Distributed:
 
     def accept(self, token: str) -> None:
         try:
-            self.app.send_task(TASK, args=[token])
+            self.app.send_task(TASK, args=[token], retry=True, retry_policy={
+                "max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                "interval_max": 1})
         except Exception:  # the broker is down: the row is stored, _resend sends it later
             pass
 
