@@ -11,6 +11,8 @@ from .run_cmd import add_policy_options
 
 NOTABLE = ("network", "file-write", "process", "native", "code", "hook")
 DEFAULT_TIMEOUT = "180"  # a phase's wall clock: an sdist build inside takes a while
+EXIT_VERDICT = 3  # as `detain run --fail-on`: the run worked, what it showed fails the gate
+FAIL_LEVELS = {"suspicious": "suspicious", "malicious": "malicious-looking"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the package index configured for pip; import and exercise have no network. Where "
         "the backend allows it (bwrap as root) every phase runs in a sinkhole network by "
         "default: whatever else it tries to reach is answered and recorded (--network none: "
-        "off). Exit "
-        "status 0 when every phase ran, 1 when one failed, 2 for detain's own errors.",
+        "off). The report ends with a verdict: clean, suspicious or malicious-looking, and "
+        "its top reasons. Exit status 0 when every phase ran and the verdict is below "
+        "--fail-on, 3 when the verdict is at or above it (credentials or keys read, egress "
+        "attempted, a process other than the build's own, persistence writes: "
+        "malicious-looking), else 1 when a phase failed, 2 for detain's own errors.",
         usage="detain package [OPTIONS] SPEC [--against SPEC]")
     parser.add_argument("spec", metavar="SPEC",
                         help="name==version, a wheel or sdist file, or a project directory")
@@ -35,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="per module (and per call with --exercise); default 10")
     parser.add_argument("--json", metavar="PATH", help="write the package report as JSON "
                         "(- for stdout)")
+    parser.add_argument("--report", metavar="FILE", action="append", default=[],
+                        help="write FILE.json, FILE.sarif or FILE.html: every phase's events "
+                        "in one report document with the static findings and the verdict "
+                        "(repeatable)")
+    parser.add_argument("--fail-on", choices=FAIL_LEVELS, default="malicious",
+                        help=f"exit {EXIT_VERDICT} when the verdict is at least this: "
+                        "suspicious, or malicious (malicious-looking; the default)")
     add_policy_options(parser)
     parser.set_defaults(handler=execute)
 
@@ -50,9 +62,12 @@ def sinkhole_counts(seen: dict[str, Any] | None) -> str:
 def execute(args: argparse.Namespace) -> int:
     from ..package.diff import diff
     from ..package.phases import vet
+    from ..report.output import check_path, write_report
     from ..report.safe_text import say
     from .run_cmd import _write_json, policy_from_args
 
+    for path in args.report:
+        check_path(path)
     if args.timeout is None:
         args.timeout = DEFAULT_TIMEOUT
     policy = policy_from_args(args)
@@ -71,12 +86,28 @@ def execute(args: argparse.Namespace) -> int:
         output = {"package": report, "against": older, "new_behaviour": diff(report, older)}
     if args.json:
         _write_json(args.json, output)
+    for path in args.report:
+        write_report(combined_report(report), path)
     if args.json != "-":
         render(report)
         if args.against:
             render_diff(args.spec, args.against, output["new_behaviour"])
+    from ..report.verdict import LEVELS, line
+
+    say(line(report["verdict"]))
+    if LEVELS.index(report["verdict"]["level"]) >= LEVELS.index(FAIL_LEVELS[args.fail_on]):
+        return EXIT_VERDICT
     failed = [p for p in report["phases"] if p["status"] != 0]
     return 1 if failed or len(report["phases"]) < 2 else 0
+
+
+def combined_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The package's phases as one report document (schema.json), for --report."""
+    from ..report.build import combine
+
+    return combine([p["report"] for p in report["phases"]],
+                   {"kind": "package", "target": report["spec"], "args": []},
+                   report["verdict"])
 
 
 def render(raw: dict[str, Any]) -> None:

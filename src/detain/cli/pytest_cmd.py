@@ -71,6 +71,10 @@ def execute(args: argparse.Namespace) -> int:
         _report(args, result, scan)
     for line in summary_lines(result):
         say(line)
+    if not args.summary:  # with it, the verdict ends the summary already
+        from ..report.verdict import line_for
+
+        say(line_for(result, scan))
     return result.status
 
 

@@ -286,9 +286,12 @@ def _report(args: argparse.Namespace, result, scan: dict | None) -> list[str]:
     for path in args.report:
         write_report(report, path)
     if args.summary:
+        from ..report.safe_text import say
         from ..report.terminal import render_terminal
+        from ..report.verdict import line
 
         render_terminal(report)
+        say(line(report["verdict"]))
     if args.suggest_policy:
         from ..report.suggest import suggest_policy
 

@@ -10,8 +10,19 @@ this module can do is keep the evidence useful and cheap:
 * the import machinery's own opens/execs/unmarshals are skipped (the `import` event says
   it), as are stdlib-internal imports and compiles (namedtuple, dataclasses): only what the
   job's own code asked for is reported;
-* each record names the job's file:line (the innermost frame that is neither stdlib,
-  frozen importlib nor detain's guest code), not the launcher's;
+* each record names the job's file:line: the innermost frame in the code under test, not
+  the stdlib, frozen importlib, detain's guest code or a dependency installed in a
+  site-packages dir (traffic made through requests is the caller's line, not urllib3's).
+  Code made by exec/compile (`<string>`) is attributed to the line that ran it, the
+  pseudo-frames kept in `via`; a whole file exec'd by a runner (setuptools runs setup.py
+  as `<string>`) is named by the `__file__` it was given;
+* what no audit event shows is made to raise one: credential-looking environment reads
+  (os.environ is replaced by a recording subclass) and the name a socket is about to
+  resolve in connect()/sendto() (CPython resolves it before `socket.connect` is raised,
+  so a failing lookup left no trace);
+* a child Python (pip's build of an sdist) runs `install_child` from a .pth file and
+  writes its records to a file; the phase that started it relays them through
+  `sys.audit("detain.relay", record)`, renumbered into this channel;
 * a per-kind budget and a total budget bound what crosses the channel; beyond them events
   are only counted, so a flood of one kind cannot hide another, and the final `done`
   record carries the counts;
@@ -53,17 +64,100 @@ WATCH.update(dict.fromkeys(("ctypes.dlopen", "ctypes.dlsym", "ctypes.call_functi
 WATCH.update(dict.fromkeys(("pickle.find_class", "marshal.loads", "marshal.load"),
                            "deserialize"))
 WATCH.update({"compile": "code", "exec": "code", "import": "import",
-              "sys.addaudithook": "hook"})
+              "sys.addaudithook": "hook", "os.environ.get": "env", "os.environ.iter": "env"})
 DIRECT = frozenset(("code", "import", "deserialize"))
+# Not reported themselves: the first socket object is when connect/sendto get wrapped; a
+# relay carries a child process's record.
+SETUP = ("socket.__new__", "detain.relay", "detain.guest")
+WATCH.update(dict.fromkeys(SETUP, "setup"))
+VIA_CAP = 8
+STACK_CAP = 300  # frames looked through for an exec'd file's module frame
+# Environment names worth a record: what credentials are called. Reading PATH or HOME is
+# what every library does and would only bury these.
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSW", "CREDENTIAL", "AUTH", "SESSION", "COOKIE",
+                "PRIVATE", "API")
+SECRET_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "GITHUB_", "GH_", "GITLAB_", "NPM_",
+                   "PYPI_", "TWINE_", "DOCKER_", "SLACK_", "STRIPE_", "OPENAI_", "HF_",
+                   "CI_JOB_", "ACTIONS_")
 
-STDLIB, GUEST, JOB = 0, 1, 2
+STDLIB, GUEST, JOB, DEPENDENCY, PSEUDO = 0, 1, 2, 3, 4
+UNDER_TEST = (JOB, PSEUDO)
+# os.getenv and Mapping.get: frozen in the interpreter, or source files where not
+ENVIRON_HELPERS = ("<frozen os>", "<frozen _collections_abc>", os.sep + "os.py",
+                   os.sep + "_collections_abc.py")
+
+
+def dependency_name(filename):
+    """The distribution-ish name of a dependency's file: the first component after
+    site-packages (or a zipped wheel), else the file's own name."""
+    for marker in ("-packages" + os.sep, ".whl" + os.sep):
+        if marker in filename:
+            return clip(filename.rsplit(marker, 1)[1].split(os.sep, 1)[0])
+    return clip(os.path.basename(filename))
+
+
+def nested_codes(code, cache):
+    """`code` and every code object defined in it, at any depth (cached per code)."""
+    found = cache.get(code)
+    if found is None:
+        found, todo = set(), [code]
+        while todo and len(found) < CACHE_CAP:
+            current = todo.pop()
+            found.add(current)
+            todo.extend(c for c in current.co_consts if isinstance(c, type(code)))
+        if len(cache) < 64:
+            cache[code] = found
+    return found
+
+
+def module_code(frame, seen):
+    """The module code whose globals `frame` runs in: the `<module>` frame further out
+    with the same globals (setup.py's, still running `setup()` while a cmdclass override
+    runs), or the one last seen with them (`seen`, a small cache), else the frame's own."""
+    globals_ = frame.f_globals
+    outer = frame
+    for _ in range(STACK_CAP):
+        if outer is None:
+            break
+        if outer.f_globals is globals_ and outer.f_code.co_name == "<module>":
+            if len(seen) < 64:
+                seen[id(globals_)] = (globals_, outer.f_code)  # held: the id stays unique
+            return outer.f_code
+        outer = outer.f_back
+    held = seen.get(id(globals_))
+    return held[1] if held is not None else frame.f_code
+
+
+def pseudo_names(frames):
+    return [clip("%s:%d" % (f.f_code.co_filename, f.f_lineno or 0)) for f in frames[:VIA_CAP]]
+
+
+def secret_looking(name):
+    upper = name.upper() if isinstance(name, str) else ""
+    return upper.startswith(SECRET_PREFIXES) or any(w in upper for w in SECRET_WORDS)
+
+
+def is_ip_literal(host):
+    import _socket
+
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, host)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
 
 
 class Auditor:
     """The hook's state; one instance per run, reachable by the job like everything else."""
 
-    def __init__(self, fd, to_json, job_root):
+    def __init__(self, fd, to_json, job_root, roots=None, quiet=()):
         self.fd = fd
+        self.roots = tuple(roots) if roots else None  # the code under test, when known
+        # where a dependency's file work is its own business: the build backend's churn in
+        # its build and temp dirs (relative paths too) would fill the budgets otherwise
+        self.quiet = tuple(quiet)
         self.to_json = to_json
         self.started = time.monotonic()
         self.seq = itertools.count(1)
@@ -80,67 +174,194 @@ class Auditor:
         self.guest_dir = here
         self.stdlib = stdlib + os.sep
         self.job_root = job_root
+        self.sockets_wrapped = False
+        self.guest_claimed = False
+        self.nested = {}  # exec'd module code -> the code objects it defines
+        self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
 
     def classify(self, filename):
-        """STDLIB, GUEST or JOB for a code object's filename (cached: one dict hit)."""
+        """STDLIB, GUEST, JOB, DEPENDENCY or PSEUDO (`<string>`: made by exec/compile) for
+        a code object's filename (cached: one dict hit)."""
         kind = self.kinds.get(filename)
         if kind is None:
-            if filename.startswith("<frozen "):
-                kind = STDLIB
-            elif os.path.dirname(filename) == self.guest_dir:
-                kind = GUEST
-            elif filename.startswith(self.stdlib) and (
-                    "-packages" + os.sep not in filename[len(self.stdlib):]):
-                kind = STDLIB
-            else:
-                kind = JOB
+            kind = self._classify(filename)
             if len(self.kinds) < CACHE_CAP:
                 self.kinds[filename] = kind
         return kind
 
+    def _classify(self, filename):
+        if filename.startswith("<frozen "):
+            return STDLIB
+        if filename.startswith("<"):
+            return PSEUDO
+        if os.path.dirname(filename) == self.guest_dir:
+            return GUEST
+        packages = ("site-packages" + os.sep in filename or "dist-packages" + os.sep in filename)
+        if filename.startswith(self.stdlib) and not packages:
+            return STDLIB
+        if self.roots is not None:
+            return JOB if filename.startswith(self.roots) else DEPENDENCY
+        return DEPENDENCY if packages else JOB
+
     def locate(self, event, direct):
-        """The job's frame that caused the event, or None when the job did not.
+        """(file, line, via, through) of the job's code that caused the event, or None
+        when the job did not.
 
         Whatever the import machinery does (reading, unmarshalling and running a module,
         and a stdlib module's own import-time work) is left out: the `import` event says it.
+        `through` names the dependency the job's code called that did it (urllib3, the
+        build backend), None when the job's code or the stdlib did.
         """
-        frame = sys._getframe(2)
+        try:
+            frame = sys._getframe(2)
+        except ValueError:  # raised from C with no Python caller (interpreter start-up)
+            return None
         if direct:
             if event != "import" and frame.f_code.co_filename.startswith("<frozen importlib"):
                 return None
             while frame is not None and frame.f_code.co_filename.startswith("<frozen "):
                 frame = frame.f_back
-            if frame is None or self.classify(frame.f_code.co_filename) != JOB:
+            if frame is None or self.classify(frame.f_code.co_filename) not in UNDER_TEST:
                 return None
-            return frame
+            return self.resolve(frame, None)
+        if event.startswith("os.environ."):
+            return self.locate_environ(frame)
+        through = None
         while frame is not None:
             filename = frame.f_code.co_filename
             if filename.startswith("<frozen importlib"):
                 return None
-            if self.classify(filename) == JOB:
-                return frame
+            kind = self.classify(filename)
+            if kind in UNDER_TEST:
+                return self.resolve(frame, through)
+            if kind == DEPENDENCY and through is None:
+                through = dependency_name(filename)
             frame = frame.f_back
         return None
+
+    def locate_environ(self, frame):
+        """An environment read is the job's only when its own code asked (os.environ[...],
+        .get, os.getenv, iterating it); the stdlib reading proxies or locales on its
+        behalf, or a dependency reading its settings, is not."""
+        while frame is not None and (self.classify(frame.f_code.co_filename) == GUEST or
+                                     frame.f_code.co_filename.endswith(ENVIRON_HELPERS)):
+            frame = frame.f_back
+        if frame is None or self.classify(frame.f_code.co_filename) not in UNDER_TEST:
+            return None
+        return self.resolve(frame, None)
+
+    def resolve(self, frame, through):
+        """(file, line, via, through) for a frame of the code under test.
+
+        A pseudo-frame (`<string>`) is code someone exec'd: the frame that exec'd it, when it
+        is the code under test too, is where it came from, and the pseudo-frames passed on
+        the way are kept in `via`. Exec'd by anything else (setuptools running setup.py as
+        `<string>`), the code is named by the `__file__` its globals carry when that is the
+        code under test's: the innermost frame of that file's own code (its functions are
+        constants of the exec'd module) gives the line; code it exec'd in turn is `via`."""
+        chain = []
+        while self.classify(frame.f_code.co_filename) == PSEUDO:
+            chain.append(frame)
+            outer = frame.f_back
+            if outer is None or self.classify(outer.f_code.co_filename) not in UNDER_TEST:
+                break
+            frame = outer
+        if chain and frame is chain[-1]:  # exec'd by something outside the code under test
+            named = frame.f_globals.get("__file__")
+            own = nested_codes(module_code(frame, self.modules_seen), self.nested) if isinstance(
+                named, str) and self.classify(named) == JOB else ()
+            for index, inner in enumerate(chain):
+                if inner.f_code in own:
+                    return (self.display(named), inner.f_lineno or 0,
+                            pseudo_names(chain[:index]), through)
+            return (clip(chain[0].f_code.co_filename), chain[0].f_lineno or 0,
+                    pseudo_names(chain[1:]), through)
+        return (self.display(frame.f_code.co_filename), frame.f_lineno or 0,
+                pseudo_names(chain), through)
+
+    def display(self, filename):
+        """A file of the code under test as the report shows it: relative to the build
+        dir it was found in when the roots are known (pip's `pip-req-build-XXXX/setup.py`
+        is `setup.py`), else as it is (the host makes it relative to the job's root)."""
+        for root in self.roots or ():
+            if filename.startswith(root):
+                rest = filename[len(root):]
+                if not root.endswith(os.sep):
+                    rest = rest.partition(os.sep)[2]
+                return clip(rest)
+        return clip(filename)
 
     def hook(self, event, args):
         category = WATCH.get(event)
         if category is None or self.done:
             return
         try:
+            if category == "setup":
+                self.setup(event, args)
+                return
             if self.routine(event, args):
                 return
-            frame = self.locate(event, category in DIRECT)
-            if frame is None:
+            where = self.locate(event, category in DIRECT)
+            if where is None or (where[3] and category == "file" and self.churn(args)):
                 return
-            self.observed += 1
-            count = self.per_kind.get(event, 0) + 1
-            self.per_kind[event] = count
-            if count > PER_KIND or self.sent >= TOTAL or self.bytes >= BYTES:
-                self.dropped[event] = self.dropped.get(event, 0) + 1
-                return
-            self.emit(event, category, frame, args)
-        except Exception:
-            self.dropped["<hook error>"] = self.dropped.get("<hook error>", 0) + 1
+            if self.admit(event):
+                self.emit(event, category, where, summarise(event, args))
+        except Exception as exc:
+            key = "<hook error: %s %s>" % (type(exc).__name__, clip(str(exc))[:80])
+            self.dropped[key] = self.dropped.get(key, 0) + 1
+
+    def churn(self, args):
+        path = args[0] if args else None
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        return bool(self.quiet) and isinstance(path, str) and (
+            not os.path.isabs(path) or path.startswith(self.quiet))
+
+    def admit(self, event):
+        """Count an observed event; False when its kind's or the total budget is spent."""
+        self.observed += 1
+        count = self.per_kind.get(event, 0) + 1
+        self.per_kind[event] = count
+        if count > PER_KIND or self.sent >= TOTAL or self.bytes >= BYTES:
+            self.dropped[event] = self.dropped.get(event, 0) + 1
+            return False
+        return True
+
+    def setup(self, event, args):
+        if event == "socket.__new__" and not self.sockets_wrapped:
+            self.sockets_wrapped = True
+            wrap_sockets()
+        elif event == "detain.relay" and args and isinstance(args[0], dict):
+            self.relay(args[0])
+        elif event == "detain.guest" and not self.guest_claimed and args:
+            # detain's own job script (package_phase.py) says so as its first act, before
+            # any package code runs; only the first claim counts.
+            self.guest_claimed = True
+            self.kinds[str(args[0])] = GUEST
+
+    def relay(self, record):
+        """A child process's record (written by its own hook), renumbered into this
+        channel under this hook's budgets. Its fields were written by the package's own
+        process: they are re-checked here and again on the host."""
+        if record.get("type") == "done":
+            for key, value in list((record.get("dropped") or {}).items())[:50]:
+                if isinstance(value, int):
+                    name = "child " + clip(key)
+                    self.dropped[name] = self.dropped.get(name, 0) + value
+            return
+        event, category = record.get("event"), record.get("category")
+        if category == "setup" or WATCH.get(event) != category or not self.admit(event):
+            return
+        mono = record.get("mono")
+        via = record.get("via")
+        through = record.get("through")
+        where = (clip(record.get("file")), record.get("line") if isinstance(
+            record.get("line"), int) else 0, [clip(v) for v in via[:VIA_CAP]]
+            if isinstance(via, list) else [], clip(through) if through else None)
+        args = record.get("args") if isinstance(record.get("args"), dict) else {}
+        pid = record.get("pid")
+        self.emit(event, category, where, args, mono if isinstance(mono, float) else None,
+                  pid if isinstance(pid, int) else None)
 
     def routine(self, event, args):
         """Cheap early exits, before any frame is looked at: running stdlib module code and
@@ -151,14 +372,23 @@ class Auditor:
             return isinstance(args[0], str) and self.classify(args[0]) == STDLIB
         return False
 
-    def emit(self, event, category, frame, args):
+    def emit(self, event, category, where, summary, mono=None, pid=None):
         if event == "import" and len(self.modules) < MODULES_CAP:
-            self.modules.append(str(args[0]))
+            self.modules.append(str(summary.get("module")))
+        now = time.monotonic()
+        file, line, via, through = where
         record = {"type": "event", "seq": next(self.seq),
-                  "t_us": int((time.monotonic() - self.started) * 1e6),
-                  "event": event, "category": category,
-                  "file": clip(frame.f_code.co_filename), "line": frame.f_lineno or 0,
-                  "args": summarise(event, args)}
+                  "t_us": int(((mono or now) - self.started) * 1e6),
+                  "event": event, "category": category, "file": file, "line": line,
+                  "args": summary}
+        if via:
+            record["via"] = via
+        if through:
+            record["through"] = through
+        if pid is not None:
+            record["pid"] = pid
+        if self.roots is not None:  # a child's record, for the relay
+            record.update(mono=now, pid=os.getpid())
         self.sent += 1
         data = self.encode(record)
         if len(data) > RECORD_CAP:
@@ -238,6 +468,10 @@ def summarise(event, args):
         return {"code": clip(getattr(code, "co_filename", "?"))}
     if event == "import":
         return {"module": clip(args[0])}
+    if event == "os.environ.get":
+        return {"name": clip(args[0])}
+    if event == "os.environ.iter":
+        return {"variables": args[0] if isinstance(args[0], int) else None}
     if event == "ctypes.dlopen":
         return {"library": path_of(args[0])}
     if event == "pickle.find_class":
@@ -252,6 +486,69 @@ def summarise(event, args):
     return {"args": clip(args)}
 
 
+def wrap_sockets():
+    """Make connect()/connect_ex()/sendto() to a host *name* raise the lookup's audit event
+    first: CPython resolves such an address in C before `socket.connect` is raised, so
+    without this a lookup that fails (always, without a network) left no event at all."""
+    socket = sys.modules.get("socket")
+    cls = getattr(socket, "socket", None)
+    if cls is None:
+        return
+
+    def named(sock, address):
+        if (isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str)
+                and address[0] and not is_ip_literal(address[0])
+                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+            sys.audit("socket.getaddrinfo", address[0], address[1], sock.family, sock.type,
+                      0, 0)
+
+    def wrap(name, address_of):
+        real = getattr(cls, name)
+
+        def wrapper(self, *args):
+            named(self, address_of(args))
+            return real(self, *args)
+        wrapper.__name__ = wrapper.__qualname__ = name
+        wrapper.__doc__ = real.__doc__
+        setattr(cls, name, wrapper)
+
+    wrap("connect", lambda args: args[0] if args else None)
+    wrap("connect_ex", lambda args: args[0] if args else None)
+    # sendto(data, address) or sendto(data, flags, address)
+    wrap("sendto", lambda args: args[-1] if len(args) in (2, 3) else None)
+
+
+class RecordingEnviron(os._Environ):
+    """os.environ as before (same data, same putenv), but reading a credential-looking
+    name or walking the whole environment raises an audit event naming the variable,
+    never its value. os.getenv goes through it too."""
+
+    def __getitem__(self, key):
+        if secret_looking(key):
+            sys.audit("os.environ.get", key)
+        return super().__getitem__(key)
+
+    def __iter__(self):
+        sys.audit("os.environ.iter", len(self._data))
+        return super().__iter__()
+
+
+def record_environ():
+    current = os.environ
+    if type(current) is not os._Environ:
+        return
+    recording = RecordingEnviron.__new__(RecordingEnviron)
+    recording.__dict__.update(current.__dict__)
+    os.environ = recording  # noqa: B003 (the same data, recorded; nothing is cleared)
+
+
+def start(auditor):
+    record_environ()
+    sys.addaudithook(auditor.hook)
+    atexit.register(auditor.finish)
+    return auditor
+
+
 def install(fd, to_json, kind, target):
     """Start auditing on channel `fd`, with the launcher's encoder.
 
@@ -262,6 +559,18 @@ def install(fd, to_json, kind, target):
     auditor = Auditor(fd, to_json, job_root)
     auditor.write(auditor.encode({"type": "audit", "job_root": job_root,
                                   "per_kind": PER_KIND, "total": TOTAL}))
-    sys.addaudithook(auditor.hook)
-    atexit.register(auditor.finish)
-    return auditor
+    return start(auditor)
+
+
+def install_child(log_dir, roots, quiet=()):
+    """Audit a child Python (pip, its build backend, setup.py) into LOG_DIR/PID.jsonl, for
+    the parent phase to relay; only code under `roots` (path prefixes) is the package's, and
+    a dependency's file work under `quiet` (prefixes) is the build's own."""
+    import json
+
+    try:
+        fd = os.open(os.path.join(log_dir, "%d.jsonl" % os.getpid()),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    return start(Auditor(fd, json.dumps, os.getcwd(), roots, quiet))

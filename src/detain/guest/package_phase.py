@@ -6,8 +6,11 @@
 
 install: a throw-away venv in scratch runs pip (from the interpreter's bundled wheel, as
 guest/deps.py finds it) to install the artifact and its dependencies into TARGET_DIR; sdists
-are built here, inside. pip and any build run as child processes: what they do on the
-network is seen by the host proxy, not by this process's audit hook.
+are built here, inside. pip and any build run as child processes, outside this process's
+audit hook: a .pth file in the venv starts guest/audit.py's child hook in every Python the
+venv runs (pip, the build backend, setup.py), which writes what the package's own code did
+(code under pip's build dirs only; pip's and setuptools' own work is not the package's) to
+a file per process; after pip, this phase relays those records into its own channel.
 import: SITE_DIR is added as a site dir (so its .pth files run, as they would in a real
 environment), then every top-level module and submodule is imported, each under a timeout.
 exercise: after importing, every public function that takes no required argument is
@@ -56,16 +59,83 @@ def limited(seconds, func, *args):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+CHILD_BOOT = """import os, sys
+def _detain_child_audit():
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "pip":
+        return  # pip itself (and the pip installing build requirements): detain's tool
+    external = sys.modules["_frozen_importlib_external"]
+    spec = external.spec_from_file_location("detain_guest_audit", %r)
+    module = sys.modules["_frozen_importlib"].module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.install_child(%r, %r, %r)
+_detain_child_audit()
+"""
+CHILD_NAMES = ("detain_child_audit.py", "detain-child-audit.pth")  # what audit_children adds
+CHILD_LOG_DIR = "audit-children"  # in the phase's scratch (working) dir
+CHILD_LOG_CAP = 4 << 20  # bytes relayed from all child processes together
+CHILD_FILES = 200
+
+
+def guest_path(name):
+    """Where guest/NAME.py is: next to the launcher, found through the interpreter's argv."""
+    launcher = next(a for a in sys.orig_argv if a.endswith("launcher.py"))
+    return os.path.join(os.path.dirname(os.path.abspath(launcher)), name + ".py")
+
+
 def guest_helper(name):
-    """A sibling of the launcher (guest/NAME.py), located through the interpreter's argv."""
+    """A sibling of the launcher (guest/NAME.py), loaded as a module."""
     import importlib.util
 
-    launcher = next(a for a in sys.orig_argv if a.endswith("launcher.py"))
-    path = os.path.join(os.path.dirname(launcher), name + ".py")
-    spec = importlib.util.spec_from_file_location("detain_guest_" + name, path)
+    spec = importlib.util.spec_from_file_location("detain_guest_" + name, guest_path(name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def audit_children(prefix, work, tmp):
+    """Make every Python of the venv at `prefix` start the child audit hook; returns the
+    dir its per-process logs go to. The package's code is what pip builds from: its
+    unpacked sdist (pip-req-build-*, pip-install-* for dependencies) or the copied tree."""
+    import glob
+
+    log_dir = os.path.join(work, CHILD_LOG_DIR)
+    os.makedirs(log_dir, exist_ok=True)
+    roots = [os.path.join(tmp, "pip-req-build-"), os.path.join(tmp, "pip-install-"),
+             os.path.join(work, "src") + os.sep]
+    for site_dir in glob.glob(os.path.join(prefix, "lib", "python*", "site-packages")):
+        with open(os.path.join(site_dir, CHILD_NAMES[0]), "w") as handle:
+            handle.write(CHILD_BOOT % (guest_path("audit"), log_dir, roots,
+                                       [tmp + os.sep, os.path.join(work, "src") + os.sep]))
+        with open(os.path.join(site_dir, CHILD_NAMES[1]), "w") as handle:
+            handle.write("import detain_child_audit\n")
+    return log_dir
+
+
+def relay_children(log_dir):
+    """Hand every child's records to this process's hook (`detain.relay`), oldest first.
+
+    They were written where the package's code ran, so each line is decoded defensively
+    and the total is capped; the hook and then the host check every field again."""
+    budget = CHILD_LOG_CAP
+    records = []
+    for name in sorted(os.listdir(log_dir))[:CHILD_FILES]:
+        try:
+            with open(os.path.join(log_dir, name), "rb") as handle:
+                data = handle.read(max(budget, 0))
+        except OSError:
+            continue
+        budget -= len(data)
+        records += [r for r in map(_record, data.splitlines()) if isinstance(r, dict)]
+    records.sort(key=lambda r: r["mono"] if isinstance(r.get("mono"), float) else 0.0)
+    for record in records:
+        sys.audit("detain.relay", record)
+
+
+def _record(line):
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
 
 
 def install(target_dir, artifact, pip_options):
@@ -83,6 +153,7 @@ def install(target_dir, artifact, pip_options):
         return {"ok": False, "error": "this interpreter ships no pip wheel (ensurepip)"}
     tmp = os.path.join(work, "tmp")
     os.makedirs(tmp, exist_ok=True)
+    log_dir = audit_children(prefix, work, tmp)
     argv = [os.path.join(prefix, "bin", "python"), "-I", os.path.join(wheel, "pip"),
             "install", "--isolated", "--target", target_dir, "--no-cache-dir",
             "--disable-pip-version-check", "--no-input", "--no-warn-script-location",
@@ -93,6 +164,7 @@ def install(target_dir, artifact, pip_options):
         if name in os.environ:
             env[name] = os.environ[name]
     done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=False)
+    relay_children(log_dir)
     installed = sorted(n[:-len(".dist-info")] for n in os.listdir(target_dir)
                        if n.endswith(".dist-info")) if os.path.isdir(target_dir) else []
     return {"ok": done.returncode == 0, "pip_exit": done.returncode, "installed": installed}
@@ -151,6 +223,9 @@ def exercise(modules, seconds):
 
 
 def main():
+    # This script is detain's, like the launcher: what it does itself (the venv, pip, the
+    # dirs it reads) is not the package's. Claimed before any package code runs.
+    sys.audit("detain.guest", __file__)  # as its code objects name it
     # Under the strict profile (-W error) a package's DeprecationWarning would read as a
     # failed import; warnings are shown, not raised, for the package's code.
     warnings.resetwarnings()

@@ -24,18 +24,18 @@ from typing import Any
 
 from ..api import Sandbox
 from ..backends import choose
-from ..guest import LAUNCHER
 from ..host.interpreter import find_interpreter
 from ..host.tracer import on_by_default
 from ..job import Job
 from ..net.rules import parse_rules
 from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
+from ..report.verdict import allowed_of, decide, signals, verdict
 from ..result import Result
 from .fetch import fetch
 from .index import IndexConfig, pin_hosts, read_config
+from .own import PHASE_SCRIPT, Own
 from .unpack import unpack
 
-PHASE_SCRIPT = LAUNCHER.with_name("package_phase.py")
 MARKER = b"DETAIN-PHASE "
 ARTIFACT_MOUNT = "/mnt/artifact"
 SITE_MOUNT = "/mnt/site"
@@ -57,16 +57,16 @@ def phase_outcome(result: Result) -> dict[str, Any] | None:
 
 def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None) -> dict:
     """One phase in the package report: the common report (issue 7's schema) plus outcome."""
-    from ..report.build import build_report
+    from ..report.build import build_report, summarise
 
-    report = build_report(result, scan)
-    # The phase script's own housekeeping (the venv it builds, the dirs it reads) is
-    # detain's doing, not the package's; what it starts (pip) stays in the report.
-    own = [e for e in report["events"] if e.get("file") == PHASE_SCRIPT.name
-           and e["category"] in ("file-read", "file-write")]
-    report["events"] = [e for e in report["events"] if e not in own]
+    report = build_report(result, scan, relative_to=SITE_MOUNT + "/")
+    is_own = Own(name, report["events"], allowed_of(report["policy"]))
+    own = [e for e in report["events"] if is_own(e)]
+    report["events"] = [e for e in report["events"] if not is_own(e)]
     for event in report["events"]:
         event["phase"] = name
+    report["verdict"] = verdict(report["events"], allowed_of(report["policy"]))
+    report["summary"] = summarise(report)
     stdout = MARKER.join(result.stdout.rsplit(MARKER, 1)[:1]) if MARKER in result.stdout \
         else result.stdout
     return {"phase": name, "status": result.status, "error": result.error,
@@ -99,7 +99,8 @@ def _index_access(config: IndexConfig, policy: Policy) -> tuple[tuple[Mount, ...
     return tuple(mounts), options
 
 
-def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path) -> dict:
+def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path,
+            scan: dict[str, Any] | None = None) -> dict:
     out = work / "installed"
     out.mkdir()
     index_mounts, pip_options = _index_access(config, policy)
@@ -111,16 +112,17 @@ def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path) -> 
                            copy_out=(CopyOut(TARGET, out),))
     job = Job.script(PHASE_SCRIPT, "install", TARGET, inside, *pip_options)
     result = Sandbox(phase_policy).run(job)
-    report = phase_report("install", result)
-    report["site"] = out / "site"
+    report = phase_report("install", result, scan)
+    report["site"] = out  # copy-out puts the dir's contents in `out` itself
     return report
 
 
-def run_code(name: str, site: Path, policy: Policy, seconds: float) -> dict:
+def run_code(name: str, site: Path, policy: Policy, seconds: float,
+             scan: dict[str, Any] | None = None) -> dict:
     phase_policy = replace(policy, allow_hosts=(), copy_out=(),
                            mounts=(*policy.mounts, Mount(site, SITE_MOUNT)))
     job = Job.script(PHASE_SCRIPT, name, SITE_MOUNT, str(seconds))
-    return phase_report(name, Sandbox(phase_policy).run(job))
+    return phase_report(name, Sandbox(phase_policy).run(job), scan)
 
 
 def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 10.0,
@@ -157,16 +159,24 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
         say(f"scan {artifact.name} (static, nothing runs)")
         static = scan(unpack(artifact, work / "unpacked"))
         say(f"install (sandboxed; network: the package index only{rest})")
-        installed = install(artifact, policy, config, work)
+        installed = install(artifact, policy, config, work, static)
         phases = [installed]
         site = installed.pop("site")
         if installed["status"] == 0 and site.is_dir():
             say(f"import every module (sandboxed; {'sinkhole' if sinkhole else 'no'} network)")
-            phases.append(run_code("import", site, policy, seconds))
+            phases.append(run_code("import", site, policy, seconds, static))
             if exercise:
                 say("exercise public functions (sandboxed; "
                     f"{'sinkhole' if sinkhole else 'no'} network)")
-                phases.append(run_code("exercise", site, policy, seconds))
+                phases.append(run_code("exercise", site, policy, seconds, static))
     return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
+            "verdict": package_verdict(phases),
             "seconds": round(time.monotonic() - started, 3),
             "index": {"urls": config.index_urls, "hosts": config.hosts}}
+
+
+def package_verdict(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """One verdict over every phase, each phase's events judged by its own policy (what
+    install may reach, import may not)."""
+    return decide([s for phase in phases for s in signals(
+        phase["report"]["events"], allowed_of(phase["report"]["policy"]))])

@@ -17,6 +17,8 @@ from ..result import Result
 from .events import KERNEL
 from .excerpt import excerpt
 from .kernel_trace import parse_trace
+from .places import Places, same_file
+from .verdict import allowed_of, verdict
 
 SCHEMA_VERSION = "1.1"
 SCHEMA_ID = "https://detain.invalid/schemas/report-1.1.json"
@@ -64,15 +66,21 @@ def runtime_events(result: Result) -> list[dict[str, Any]]:
              "suspect": None} for event, message in seen]
 
 
-def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report document; `scan` is scan.scan()'s output, or None when none ran."""
+def build_report(result: Result, scan: dict[str, Any] | None = None,
+                 relative_to: str | None = None) -> dict[str, Any]:
+    """The report document; `scan` is scan.scan()'s output, or None when none ran.
+    Event files under `relative_to` (a dir shown to the job, such as the package's site)
+    are named relative to it, as the scan names them."""
     behaviour = result.behaviour or {}
     events = [dict(e, detail=dict(e["detail"])) for e in behaviour.get("events", [])]
+    for event in events if relative_to else ():
+        if isinstance(event.get("file"), str) and event["file"].startswith(relative_to):
+            event["file"] = event["file"][len(relative_to):]
     kernel = parse_trace(result.trace)
     events += runtime_events(result) + kernel.events
     static = scan or {"ran": False, "findings": [], "errors": []}
     findings = [dict(f) for f in static.get("findings", [])]
-    crosscheck(findings, events, scanned=bool(static.get("ran")))
+    crosscheck(findings, events, scanned=bool(static.get("ran")), root=static.get("root"))
     data = result.to_dict()
     return _assemble({
         "job": result.job, "policy": result.policy,
@@ -94,6 +102,7 @@ def build_report(result: Result, scan: dict[str, Any] | None = None) -> dict[str
                    "errors": static.get("errors", [])},
         "audit": bool(behaviour.get("audit")),
         "events": events,
+        "verdict": verdict(events, allowed_of(result.policy)),
         "integrity": _with_flags(behaviour.get("integrity", {"flags": []}), kernel.flags),
     })
 
@@ -118,6 +127,32 @@ def _assemble(body: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+HEADER = ("$schema", "schema_version", "tool", "created", "host", "summary")
+
+
+def combine(reports: list[dict[str, Any]], job: dict[str, Any],
+            verdict_: dict[str, Any]) -> dict[str, Any]:
+    """One report document for several runs of one subject (`detain package`'s phases):
+    the first run's policy, backend and outcome, every run's events (each keeps its
+    `phase`), a static finding confirmed when any run confirmed it, and one verdict."""
+    first = reports[0]
+    findings = [dict(f) for f in first["static"]["findings"]]
+    for index, finding in enumerate(findings):
+        by = [s for r in reports for s in r["static"]["findings"][index].get("confirmed_by",
+                                                                              [])]
+        finding.update(confirmed_by=by[:20], confirmed=bool(by))
+    flags = [f for r in reports for f in r["integrity"].get("flags", [])]
+    return _assemble({
+        **{k: v for k, v in first.items() if k not in HEADER}, "job": job,
+        "static": {**first["static"], "findings": findings},
+        "events": [e for r in reports for e in r["events"]],
+        "timings": {**first["timings"], "wall_seconds": round(sum(
+            r["timings"]["wall_seconds"] or 0 for r in reports), 4)},
+        "integrity": {**first["integrity"], "flags": flags, "flags_total": sum(
+            r["integrity"].get("flags_total", 0) for r in reports)},
+        "verdict": verdict_})
+
+
 def scan_report(scan: dict[str, Any]) -> dict[str, Any]:
     """A report holding only a static scan (`detain scan`): same schema, nothing ran."""
     findings = [dict(f, confirmed=False, confirmed_by=[]) for f in scan["findings"]]
@@ -138,27 +173,29 @@ def scan_report(scan: dict[str, Any]) -> dict[str, Any]:
 
 
 def crosscheck(findings: list[dict[str, Any]], events: list[dict[str, Any]],
-               scanned: bool) -> None:
+               scanned: bool, root: str | None = None) -> None:
     """Mark findings the run confirmed and notable events no finding predicted.
 
-    A finding is confirmed by an event of its category in the same file (on its line when
-    the event has one there, else anywhere in the file: a call site and the line that
-    triggers it often differ). With no static scan, nothing is "unpredicted"; after a scan
-    that found nothing, every notable event is.
+    A finding and an event of its category match per line (places.py): the same file, and
+    the same line, statement or function. With no static scan, nothing is "unpredicted";
+    after a scan that found nothing, every notable event is. `root` is where the scanned
+    files are, to find statements and functions in (only exact lines without it).
     """
+    places = Places(root)
+
+    def match(finding: dict[str, Any], event: dict[str, Any]) -> bool:
+        return (event["category"] == finding["category"]
+                and same_file(finding["file"], event.get("file"))
+                and places.near(finding["file"], finding["line"], event.get("line")))
+
     for finding in findings:
-        matches = [e for e in events if e["category"] == finding["category"]
-                   and e.get("file") == finding["file"]]
-        exact = [e for e in matches if e.get("line") == finding["line"]]
-        finding["confirmed_by"] = [e["seq"] for e in (exact or matches)][:20]
+        finding["confirmed_by"] = [e["seq"] for e in events if match(finding, e)][:20]
         finding["confirmed"] = bool(finding["confirmed_by"])
     for event in events:
         if event["category"] not in NOTABLE or event["provenance"] == KERNEL:
             event["predicted"] = None
             continue
-        event["predicted"] = any(
-            f["category"] == event["category"] and f["file"] == event.get("file")
-            for f in findings) if scanned else None
+        event["predicted"] = any(match(f, event) for f in findings) if scanned else None
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:

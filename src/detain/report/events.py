@@ -36,15 +36,16 @@ KNOWN_EVENTS = {
     "os.forkpty", "os.kill", "os.killpg", "pty.spawn", "os.startfile", "ctypes.dlopen",
     "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata", "ctypes.string_at",
     "pickle.find_class", "marshal.loads", "marshal.load", "compile", "exec", "import",
-    "sys.addaudithook",
+    "sys.addaudithook", "os.environ.get", "os.environ.iter",
 }
+VIA_CAP = 8
 SENSITIVE = ("/.ssh/", "/.ssh", ".aws/credentials", "/.netrc", "/etc/shadow", "/.gnupg",
              ".docker/config.json", ".kube/config", ".git-credentials", ".pypirc", "id_rsa",
              "id_ed25519", "/proc/self/environ")
 WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
 SEVERITY = {"network": "high", "process": "high", "native": "high", "hook": "high",
             "code": "medium", "deserialize": "medium", "file-write": "medium",
-            "file-read": "low", "import": "info", "runtime": "high", "fd": "info"}
+            "file-read": "low", "import": "info", "runtime": "high", "env": "high", "fd": "info"}
 
 
 def _text(value: Any) -> str | None:
@@ -91,7 +92,7 @@ def summary_of(event: str, detail: dict[str, Any]) -> str:
     if event == "open" and _int(detail.get("path")) is not None:
         return f"fd {detail['path']} (an open descriptor such as a pipe, not a path)"
     for key in ("path", "address", "url", "command", "executable", "library", "module",
-                "host", "global", "code", "source"):
+                "host", "global", "code", "source", "name"):
         value = detail.get(key)
         if value not in (None, ""):
             if key == "host" and detail.get("port") not in (None, "None"):
@@ -103,6 +104,8 @@ def summary_of(event: str, detail: dict[str, Any]) -> str:
 def severity_of(category: str, detail: dict[str, Any]) -> str:
     if category == "file-read" and any(s in str(detail.get("path", "")) for s in SENSITIVE):
         return "high"
+    if category == "env" and "name" not in detail:  # the whole environment walked
+        return "medium"
     return SEVERITY.get(category, "low")
 
 
@@ -211,7 +214,22 @@ def _event(record: dict, job_root: str, suspect: list[str]) -> dict[str, Any]:
             "event": name, "category": category, "severity": severity_of(category, detail),
             "file": file, "line": _int(record.get("line")), "detail": detail,
             "summary": summary_of(name, detail), "provenance": IN_PROCESS,
-            "suspect": "; ".join(suspect) or None}
+            "suspect": "; ".join(suspect) or None, **_origin(record)}
+
+
+def _origin(record: dict) -> dict[str, Any]:
+    """`via`: the exec'd pseudo-frames between the code and `file:line`; `pid`: the child
+    process (pip's build) whose hook saw it, when it was not the launcher's own; `through`:
+    the dependency the code called that did it (urllib3, the build backend)."""
+    origin: dict[str, Any] = {}
+    via = record.get("via")
+    if isinstance(via, list):
+        origin["via"] = [_text(v) for v in via[:VIA_CAP]]
+    if _int(record.get("pid")) is not None:
+        origin["pid"] = record["pid"]
+    if record.get("through") is not None:
+        origin["through"] = _text(record["through"])
+    return origin
 
 
 def _integrity(done: dict | None, events: list[dict], flags: Flags, host_dropped: int,

