@@ -55,7 +55,8 @@ class Own:
                 and event.get("pid") is None:
             return True
         return bool(event.get("through")) and event["category"] in (
-            "file-read", "file-write", "fd") and event["severity"] != "high"
+            "file-read", "file-write", "fd") and event["severity"] != "high" and not signals(
+            [event], self.allowed)
 
     def _kernel(self, event: dict[str, Any], detail: dict[str, Any], where: str) -> bool:
         if not self.pids or signals([event], self.allowed):
