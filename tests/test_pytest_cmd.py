@@ -66,3 +66,12 @@ def test_selected_passing_test_exits_zero(project):
     done = detain_cli("pytest", "--backend", "bwrap", str(project), "--", "-q", "-k",
                       "passes", timeout=180)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_fail_on_gates_a_passing_suite(project):
+    """`--fail-on` works on `detain pytest` as on `detain run` (the CI example relies on it)."""
+    require("bwrap")
+    done = detain_cli("pytest", "--backend", "bwrap", "--fail-on", "write", str(project), "--",
+                      "-q", "-k", "passes", timeout=180)
+    assert done.returncode == 3, done.stderr.decode()[-2000:]
+    assert b"--fail-on write: seen in this run" in done.stderr

@@ -52,7 +52,14 @@ def split_rest(rest: list[str]) -> tuple[str, list[str]]:
 def execute(args: argparse.Namespace) -> int:
     from ..report.safe_text import say
     from ..testsuite import run_suite
-    from .run_cmd import _report, _reporting, _stream, _write_json, policy_from_args
+    from .run_cmd import (
+        EXIT_FAIL_ON,
+        _report,
+        _reporting,
+        _stream,
+        _write_json,
+        policy_from_args,
+    )
 
     path, pytest_args = split_rest(args.rest)
     reporting = _reporting(args)
@@ -67,14 +74,16 @@ def execute(args: argparse.Namespace) -> int:
                        stdout=_stream(sys.stdout.buffer), stderr=_stream(sys.stderr.buffer))
     if args.json:
         _write_json(args.json, result.to_dict())
-    if reporting:
-        _report(args, result, scan)
+    met = _report(args, result, scan) if reporting else []
     for line in summary_lines(result):
         say(line)
     if not args.summary:  # with it, the verdict ends the summary already
         from ..report.verdict import line_for
 
         say(line_for(result, scan))
+    if met and result.status == 0:
+        say(f"--fail-on {', '.join(met)}: seen in this run")
+        return EXIT_FAIL_ON
     return result.status
 
 
