@@ -16,6 +16,7 @@ from .result import Result
 
 if TYPE_CHECKING:
     from .backends.base import Started
+    from .host.zygote import Zygote
 
 Sink = Callable[[bytes], None]
 
@@ -30,7 +31,11 @@ class Sandbox:
     With `warm=N` the sandbox keeps N spares started ahead, confined and with the
     interpreter up, each waiting for one job: a run takes one and a background thread
     starts its replacement, so a run costs little more than its job. A spare is never
-    used twice, and nothing of one run reaches another. Every process of a run is dead
+    used twice, and nothing of one run reaches another. On bwrap (as root) and landlock a
+    spare is forked by the Sandbox's zygote (host/zygote.py), an interpreter kept up that
+    never runs a job, and confines itself before it reads its job; other backends and
+    policies start each spare whole. Spares start on several threads at once, and at
+    least as many are kept as there are callers in `run` at once. Every process of a run is dead
     when `run` returns; its directory, mounts and cgroup dirs are removed on that thread
     just after. Close the Sandbox (or use it as a context manager) to remove the spares
     and wait for those removals; a detain killed meanwhile leaves them to the next start's
@@ -47,7 +52,11 @@ class Sandbox:
         self._spares: list[Started] = []
         self._state = threading.Condition()
         self._closed = False
-        self._pending = 0  # spares being started on the spawner thread
+        self._pending = 0  # spares being started on the spawner threads
+        self._callers = self._peak_callers = 0  # callers in run() now, and most at once
+        self._zygote: Zygote | None = None
+        self._zygote_lock = threading.Lock()
+        self.zygote_error: BaseException | None = None  # why spares start whole instead
         self._removing = 0  # finished runs whose remains are being removed there
         self.warm_error: BaseException | None = None  # why the last spare failed to start
         self.cleanup_error: BaseException | None = None
@@ -69,17 +78,34 @@ class Sandbox:
         is an fd whose readiness ends the run early (a client that went away)."""
         if self._closed:
             raise DetainError("this Sandbox was closed; create a new one")
-        started = self._take_spare()
-        if started is None:
-            started = self.backend.start(self.policy, None if self.backend.warm else job)
-            self.warm_error = None  # this one started: spares may start again
+        with self._state:
+            self._callers += 1
+            self._peak_callers = max(self._peak_callers, self._callers)
+        try:
+            started = self._take_spare()
+            if started is None:
+                started = self.backend.start(self.policy, None if self.backend.warm else job)
+                self.warm_error = None  # this one started: spares may start again
+        except BaseException:
+            self._leave()
+            raise
         try:
             result = self.backend.finish(started, job, stdout=stdout, stderr=stderr,
                                          cancel=cancel, defer=self._defer if self.warm else None)
         finally:
+            self._leave()
             self._keep_warm()  # after the run: a spare starting beside it would slow it
         result.backend_choice = self.choice.describe()
         return result
+
+    def _leave(self) -> None:
+        with self._state:
+            self._callers -= 1
+
+    @property
+    def _wanted(self) -> int:
+        """Spares to keep: as asked, and never fewer than the callers seen at once."""
+        return max(self.warm, self._peak_callers) if self.warm else 0
 
     def wait_warm(self, timeout: float = 30.0) -> bool:
         """Block until every spare is ready and the last runs' remains are removed (True),
@@ -88,9 +114,10 @@ class Sandbox:
         with self._state:
             self._state.wait_for(
                 lambda: self._closed or (not self._removing and (
-                    len(self._spares) >= self.warm
+                    len(self._spares) >= self._wanted
                     or (self.warm_error is not None and not self._pending))), timeout)
-            return len(self._spares) >= self.warm and not self._removing and not self._closed
+            return (len(self._spares) >= self._wanted and not self._removing
+                    and not self._closed)
 
     def close(self) -> None:
         """Remove the spares and the last runs' remains, and stop starting new spares.
@@ -105,6 +132,9 @@ class Sandbox:
         with self._state:  # a spare being started now is discarded when it is ready
             self._state.wait_for(lambda: not self._pending and not self._removing)
             error, self.cleanup_error = self.cleanup_error, None
+        zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
         if error is not None:
             raise DetainError(str(error))
 
@@ -134,10 +164,11 @@ class Sandbox:
         with self._state:
             if self._closed or self.warm_error is not None:
                 return
-            wanted = self.warm - len(self._spares) - self._pending
+            wanted = self._wanted - len(self._spares) - self._pending
             self._pending += max(0, wanted)
-        for _ in range(wanted):
-            _worker("spawner").put(self._start_spare)
+            first = self._pending - max(0, wanted)
+        for index in range(first, first + wanted):  # in parallel, one per spawner thread
+            _worker(f"spawner-{index % SPAWNERS}").put(self._start_spare)
 
     def _defer(self, remove: Callable[[], None]) -> None:
         """Remove a finished run's remains on the remover thread, after its result."""
@@ -158,7 +189,8 @@ class Sandbox:
 
     def _start_spare(self) -> None:
         try:
-            spare = self.backend.start(self.policy)
+            zygote = self._zygote_for_spares()
+            spare = self.backend.start(self.policy, forker=zygote and zygote.fork)
         except BaseException as exc:  # a run started cold reports it in full
             with self._state:
                 self.warm_error = exc
@@ -180,7 +212,38 @@ class Sandbox:
                 self._state.notify_all()
 
 
+    def zygote(self) -> Zygote | None:
+        """The zygote that forks this Sandbox's spares, started now if needed (on a spawner
+        thread), or None where none serves its backend and policy (`zygote_error` says
+        why when one failed to start)."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        _worker("spawner-0").put(lambda: done.put(self._zygote_for_spares()))
+        return done.get()
+
+    def _zygote_for_spares(self) -> Zygote | None:
+        """The Sandbox's zygote, started on first use (on a spawner thread, which outlives
+        it: its runs die with that thread); None where it does not serve this policy or
+        could not start (`zygote_error` says why: spares then start whole)."""
+        with self._zygote_lock:
+            if self._zygote is not None and self._zygote.alive():
+                return self._zygote
+            if self._zygote is not None:  # died (OOM killer…): its runs died with it
+                self._zygote.close()
+                self._zygote = None
+            from .host import zygote
+
+            mode = None if self.zygote_error else zygote.mode_for(self.backend, self.policy)
+            if mode is None or self._closed:
+                return None
+            try:
+                self._zygote = zygote.Zygote(self.backend, self.policy, mode)
+            except (DetainError, OSError) as exc:
+                self.zygote_error = exc
+            return self._zygote
+
+
 SPARE_WAIT = 30.0  # seconds a run waits for a spare being started before starting its own
+SPAWNERS = max(2, os.cpu_count() or 1)  # threads starting spares at once
 _WORKERS: dict[str, queue.SimpleQueue] = {}
 _WORKERS_LOCK = threading.Lock()
 
@@ -188,11 +251,12 @@ _WORKERS_LOCK = threading.Lock()
 def _worker(name: str) -> queue.SimpleQueue:
     """A thread alive as long as the process, running the tasks put on its queue.
 
-    Every spare is started by the "spawner": a sandbox gets its parent-death signal when
+    Every spare is started by a "spawner-N": a sandbox gets its parent-death signal when
     the *thread* that started it ends (bwrap's --die-with-parent, detain's own
-    PR_SET_PDEATHSIG), so it must be a thread that outlives its spares; one thread also
-    keeps spare start-ups from competing. The "remover" clears finished runs' remains
-    beside it, so neither waits for the other.
+    PR_SET_PDEATHSIG; a zygote's runs, cloned as detain's children, that of the thread
+    that started the zygote), so it must be a thread that outlives its spares. There
+    are SPAWNERS of them, so spares start in parallel. The "remover" clears finished
+    runs' remains beside them, so neither waits for the other.
     """
     with _WORKERS_LOCK:
         if name not in _WORKERS:

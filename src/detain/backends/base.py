@@ -257,13 +257,15 @@ class Backend:
         return self.finish(self.start(policy, None if self.warm else job, label=label), job,
                            stdout=stdout, stderr=stderr)
 
-    def start(self, policy: Policy, job: Job | None = None, *,
-              label: str | None = None) -> Started:
+    def start(self, policy: Policy, job: Job | None = None, *, label: str | None = None,
+              forker: Callable[[RunContext, Started], Any] | None = None) -> Started:
         """Create a run's state and start its sandbox; without a job (warm-capable
         backends only) the launcher waits inside for the job `finish` sends it.
 
         Everything the policy decides happens here (uid, cgroup, mounts, seccomp, the
-        proxy, staged requirements), so a spare costs its job nothing but the message."""
+        proxy, staged requirements), so a spare costs its job nothing but the message.
+        A `forker` (a warm Sandbox's zygote, host/zygote.py) makes the sandbox process
+        instead of `launch` and an exec: it confines itself, with its own scratch tmpfs."""
         if job is None and not self.warm:
             raise DetainError(f"the {self.name} backend cannot start ahead of its job")
         rundir.sweep()
@@ -272,7 +274,8 @@ class Backend:
         try:
             read_fd, write_fd = os.pipe()
             started = Started(policy, run, host_fds=[read_fd], child_fds=[write_fd])
-            ctx = started.ctx = self._prepare(job, policy, run, write_fd)
+            ctx = started.ctx = self._prepare(job, policy, run, write_fd,
+                                              host_scratch=forker is None)
             ctx.label = label
             if policy.allow_hosts or policy.sinkhole:  # net code loads only for runs using it
                 from ..net import session as egress
@@ -284,6 +287,13 @@ class Backend:
                     started.child_fds.append(inherited)
             else:
                 self.accept(ctx, job)
+            if forker is not None and job is None:
+                started.launch = Launch([], {})
+                started.proc = forker(ctx, started)
+                while started.child_fds:
+                    os.close(started.child_fds.pop())
+                await_ready(started.proc, started.channel_fd, policy.limits.wall_seconds)
+                return started
             launch = started.launch = self.launch(ctx)
             # Exec'd after the drop to the run's uid, which may not reach it where it lies.
             launch.argv[0] = ctx.setup.program(run.path, launch.argv[0])
@@ -456,14 +466,14 @@ class Backend:
             os.chmod(staged, 0o644)
 
     def _prepare(self, job: Job | None, policy: Policy, run: rundir.RunDir,
-                 channel_fd: int) -> RunContext:
+                 channel_fd: int, host_scratch: bool = True) -> RunContext:
         uid = privileges.fresh_uid() if privileges.is_root() else None
         setup = privileges.ChildSetup(uid=uid)
         if uid is not None:
             privileges.load_libc()
             run.record("uid", uid)
         scratch = run.subdir("scratch", 0o700)
-        if uid is not None:
+        if uid is not None and host_scratch:
             run.record("mount", str(scratch))
             privileges.mount_scratch(scratch, policy.limits.disk_bytes, uid)
         job_dir = run.subdir("job", 0o755)
@@ -623,6 +633,8 @@ class Backend:
                             "flags": list(ctx.policy.interpreter_flags)},
         }
         assurance.update(self.host_assurance(ctx, seen))
+        if "zygote" in ctx.extra:
+            assurance["zygote"] = ctx.extra["zygote"]
         return assurance
 
 

@@ -76,6 +76,19 @@ def find_bwrap() -> tuple[str, tuple[int, ...]] | None:
     return max(found, key=lambda item: item[1])
 
 
+def root_dirs() -> list[tuple[str, str, str]]:
+    """/bin, /lib... as the sandbox shows them: ("symlink", TARGET, PATH) where the host's
+    is a link (merged /usr), else ("ro", PATH, PATH), a read-only bind."""
+    found = []
+    for name in ROOT_LINKS:
+        path = f"/{name}"
+        if os.path.islink(path):
+            found.append(("symlink", os.readlink(path), path))
+        elif os.path.isdir(path):
+            found.append(("ro", path, path))
+    return found
+
+
 def _userns_reason() -> str | None:
     checks = (("/proc/sys/user/max_user_namespaces", "0", "user namespaces are disabled "
                "(user.max_user_namespaces = 0)"),
@@ -136,12 +149,8 @@ class BwrapBackend(Backend):
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--hostname", "detain", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
                 "--ro-bind", "/usr", "/usr"]
-        for name in ROOT_LINKS:
-            path = f"/{name}"
-            if os.path.islink(path):
-                args += ["--symlink", os.readlink(path), path]
-            elif os.path.isdir(path):
-                args += ["--ro-bind", path, path]
+        for kind, source, path in root_dirs():
+            args += ["--symlink" if kind == "symlink" else "--ro-bind", source, path]
         for name in ETC_FILES:
             if os.path.exists(f"/etc/{name}"):
                 args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]

@@ -22,6 +22,7 @@ import os
 from ..errors import BackendUnavailable, ProtectionError
 from ..guest import LAUNCHER
 from ..host import landlock, privileges, seccomp
+from ..host.interpreter import Interpreter
 from . import Probe
 from .base import Launch, RunContext
 from .bwrap import ETC_FILES, ROOT_LINKS
@@ -59,13 +60,10 @@ class LandlockBackend(ProcessBackend):
 
     def launch(self, ctx: RunContext) -> Launch:
         launch = super().launch(ctx)
-        system = ["/usr"] + [f"/{name}" for name in ROOT_LINKS
-                             if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
-        confinement = landlock.build(
-            read_exec=system + list(ctx.interpreter.bind_dirs),
-            read_only=[f"/etc/{name}" for name in ETC_FILES + OS_RELEASE]
-            + [str(LAUNCHER.parent), str(ctx.job_dir)],
-            writable=[str(ctx.scratch)])
+        read_exec, read_only = granted_paths(ctx.interpreter)
+        confinement = landlock.build(read_exec=read_exec,
+                                     read_only=[*read_only, str(ctx.job_dir)],
+                                     writable=[str(ctx.scratch)])
         launch.release.append(confinement.close)
         ctx.setup.confine.append(confinement)
         ctx.extra["landlock"] = confinement.describe()
@@ -80,6 +78,14 @@ class LandlockBackend(ProcessBackend):
                 "private_mount_namespace": bool(ctx.setup.stage),
                 "read_only": described.get("read_exec", []) + described.get("read_only", []),
                 "writable": described.get("writable", [])}
+
+
+def granted_paths(interpreter: Interpreter) -> tuple[list[str], list[str]]:
+    """What every run may read and execute, and only read, beside its job dir and scratch."""
+    system = ["/usr"] + [f"/{name}" for name in ROOT_LINKS
+                         if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}")]
+    return (system + list(interpreter.bind_dirs),
+            [f"/etc/{name}" for name in ETC_FILES + OS_RELEASE] + [str(LAUNCHER.parent)])
 
 
 def _network(level: int) -> str:

@@ -20,12 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
     parser.add_argument("--workers", type=int, default=3, metavar="N",
                         help="probes run at once on one backend (default 3)")
+    parser.add_argument("--warm", action="store_true",
+                        help="attack runs forked by a warm Sandbox's zygote (bwrap as root, "
+                        "landlock), as the Python API and `detain serve` make them")
     parser.set_defaults(handler=execute)
 
 
 def execute(args: argparse.Namespace) -> int:
     from ..errors import DetainError
-    from ..selftest import PROBES, report, resolve, run_battery
+    from ..selftest import resolve
 
     if not 1 <= args.workers <= 16:
         raise DetainError(f"--workers {args.workers}: expected 1 to 16")
@@ -33,6 +36,24 @@ def execute(args: argparse.Namespace) -> int:
     if not targets:
         raise DetainError("no backend can run here: " + "; ".join(
             f"{name}: {why}" for name, why in unavailable.items()))
+    if args.warm:
+        from ..selftest.warm import WarmBackend
+
+        for target in targets:
+            target.backend = WarmBackend(target.backend)
+    try:
+        return _battery(args, targets, unavailable)
+    finally:
+        for target in targets if args.warm else ():
+            target.backend.close()
+            print(f"{target.name}: {target.backend.forked} run(s) forked by a zygote",
+                  file=sys.stderr)
+
+
+def _battery(args: argparse.Namespace, targets, unavailable: dict[str, str]) -> int:
+    from ..errors import DetainError
+    from ..selftest import PROBES, report, run_battery
+
     if args.json:
         reports = run_battery(targets, workers=args.workers)
     else:

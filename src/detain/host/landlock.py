@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import BackendUnavailable, ProtectionError
 from . import seccomp
@@ -82,18 +83,33 @@ class Confinement:
     def describe(self) -> dict:
         ruleset = self.ruleset
         return {"abi": self.abi, "enforced_before_exec": True,
-                "handled_fs": _names(ruleset.handled_fs),
-                "handled_net": _names(ruleset.handled_net) or None,
-                "scoped": _names(ruleset.scoped) or None, **self.granted}
+                "handled_fs": names(ruleset.handled_fs),
+                "handled_net": names(ruleset.handled_net) or None,
+                "scoped": names(ruleset.scoped) or None, **self.granted}
 
 
-def _names(flags) -> list[str]:
+def names(flags) -> list[str]:
     return [flag.name.lower() for flag in type(flags) if flag.value and flag in flags
             and flag.name]
 
 
-def build(read_exec: list[str], read_only: list[str], writable: list[str]) -> Confinement:
-    """A ruleset granting exactly these paths (missing optional paths are skipped)."""
+@dataclass
+class Plan:
+    """The rights a ruleset handles and grants, before any path is opened: `build` makes a
+    ruleset of it here, a zygote's run (guest/zygote.py) a fresh one of its own."""
+
+    abi: int
+    handled_fs: Any
+    handled_net: Any
+    scoped: Any
+    file_rights: Any  # what a rule on a file (not a dir) may grant
+    rules: list[tuple[str, str, Any]]  # (kind, path, rights)
+    writable: Any  # the rights of a writable dir
+    read: Any  # the rights of a read-only dir
+
+
+def plan(read_exec: list[str], read_only: list[str], writable: list[str]) -> Plan:
+    """What a ruleset granting exactly these paths handles and grants."""
     lib = _lib()
     level = abi()
     if level < 1:
@@ -103,30 +119,37 @@ def build(read_exec: list[str], read_only: list[str], writable: list[str]) -> Co
     handled = lib.fs_for_abi(level)
     net = lib.net_for_abi(level) if level >= NET_ABI else lib.AccessNet(0)
     scope = lib.scope_for_abi(level) if level >= SCOPE_ABI else lib.Scope(0)
-    ruleset = lib.Ruleset(handled_fs=handled, handled_net=net, scoped=scope,
-                          best_effort=False)
     read = access.READ_FILE | access.READ_DIR
     write = handled & ~(access.EXECUTE | access.MAKE_CHAR | access.MAKE_BLOCK)
     file_rights = access.READ_FILE | access.WRITE_FILE | access.EXECUTE
     if level >= TRUNCATE_ABI:
         file_rights |= access.TRUNCATE
-    granted: dict[str, list[str]] = {"read_exec": [], "read_only": [], "writable": [],
-                                     "list_only": []}
-    plan = [("read_exec", p, read | access.EXECUTE) for p in read_exec]
-    plan += [("read_only", p, read) for p in read_only]
-    plan += [("writable", p, write | read) for p in writable]
-    plan += [("read_only", p, access.READ_FILE | access.WRITE_FILE) for p in DEVICES_RW]
-    plan += [("read_only", p, access.READ_FILE) for p in DEVICES_RO]
+    rules = [("read_exec", p, read | access.EXECUTE) for p in read_exec]
+    rules += [("read_only", p, read) for p in read_only]
+    rules += [("writable", p, write | read) for p in writable]
+    rules += [("read_only", p, access.READ_FILE | access.WRITE_FILE) for p in DEVICES_RW]
+    rules += [("read_only", p, access.READ_FILE) for p in DEVICES_RO]
     # Listing only, so code that walks /proc gets EACCES on each file rather than on the
     # walk; there is no pid namespace to hide the host's pids anyway.
-    plan.append(("list_only", "/proc", access.READ_DIR))
+    rules.append(("list_only", "/proc", access.READ_DIR))
+    return Plan(level, handled, net, scope, file_rights, rules, write | read, read)
+
+
+def build(read_exec: list[str], read_only: list[str], writable: list[str]) -> Confinement:
+    """A ruleset granting exactly these paths (missing optional paths are skipped)."""
+    lib = _lib()
+    rights = plan(read_exec, read_only, writable)
+    ruleset = lib.Ruleset(handled_fs=rights.handled_fs, handled_net=rights.handled_net,
+                          scoped=rights.scoped, best_effort=False)
+    granted: dict[str, list[str]] = {"read_exec": [], "read_only": [], "writable": [],
+                                     "list_only": []}
     try:
-        for kind, path, rights in plan:
+        for kind, path, allowed in rights.rules:
             if not os.path.isdir(path):
                 if not os.path.exists(path):
                     continue
-                rights &= file_rights
-            ruleset.allow_path(path, rights)
+                allowed &= rights.file_rights
+            ruleset.allow_path(path, allowed)
             granted[kind].append(path)
         filter_path = seccomp.filter_path(host_namespaces=True)
         program = seccomp.Program(filter_path)
@@ -138,4 +161,4 @@ def build(read_exec: list[str], read_only: list[str], writable: list[str]) -> Co
     except BaseException:
         ruleset.close()
         raise
-    return Confinement(level, ruleset, program, granted)
+    return Confinement(rights.abi, ruleset, program, granted)

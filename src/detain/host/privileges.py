@@ -284,6 +284,11 @@ def join_netns(fd: int) -> None:
     _check(_libc().setns(fd, CLONE_NEWNET))
 
 
+def die_with_parent() -> None:
+    """SIGKILL this process when the thread that started it ends (a fork-exec step)."""
+    _check(_libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
+
+
 def load_libc() -> None:
     """Load libc in the parent: the child between fork and exec should not import."""
     _libc()

@@ -30,6 +30,7 @@ from . import tree
 CLEANERS: dict[str, Callable[[Any], None]] = {}
 JOURNAL = "journal"
 STUCK = "stuck-"  # prefix of a run dir that could not be removed, set aside once
+KINDS = ("run-", "zygote-")  # the dirs the sweep looks at
 ORPHAN_SECONDS = 60
 
 
@@ -76,9 +77,10 @@ def base_dir() -> Path:
 class RunDir:
     """The per-run directory; use as a context manager so cleanup runs in `finally`."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "run") -> None:
+        """`kind` names the dir: "run", or "zygote" (a warm Sandbox's, host/zygote.py)."""
         base = base_dir()
-        self.path = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=base))
         os.chmod(self.path, 0o711)
         # Locked before it is visible under its name: a sweep in another thread or process
         # must never find this journal unlocked and take the newborn run for a dead one.
@@ -174,7 +176,7 @@ def sweep() -> int:
         return 0
     swept = 0
     for entry in entries:
-        if not entry.name.startswith("run-") or not entry.is_dir(follow_symlinks=False):
+        if not entry.name.startswith(KINDS) or not entry.is_dir(follow_symlinks=False):
             continue
         try:
             swept += _sweep_one(Path(entry.path))
