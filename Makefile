@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test test-all lint soak bench system-deps setup-backends clean
+.PHONY: run test test-all lint soak bench bench-detection system-deps setup-backends clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ bench: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/service.py
+
+## make bench-detection: static recall and benign false positives on the project's own corpus
+## (malicious sdists built from bench/corpus/, popular sdists fetched once into
+## ~/.cache/detain/bench-corpus); BENCH_ARGS=--dynamic adds detain package per sdist
+bench-detection: $(VENV)/.installed
+	$(BIN)/python bench/detection.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

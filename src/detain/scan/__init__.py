@@ -2,7 +2,8 @@
 
 `scan(path)` walks a file or a directory (symlinks are not followed, sizes and counts are
 capped: the files may be hostile too), runs Bandit over the Python files and detain's own
-checks (scan/checks.py) over everything, and returns one JSON-ready dict.
+checks (scan/checks.py, and the malware triage of scan/malware.py) over everything, and
+returns one JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 
 from ..errors import DetainError
 from ..host import tree
-from . import checks
+from . import checks, malware
 
 MAX_FILES = 5000
 MAX_READ = 2 << 20
 MAX_NOTES = 20  # unreadable dirs named one by one
 SKIP_DIRS = {".git", "__pycache__", ".hg", ".svn", ".tox", ".nox", "node_modules"}
+UNSHIPPED_DIRS = {"tests", "test", "testing", "docs", "doc", "examples", "example",
+                  "benchmarks", "bench"}
 SEVERITY_ORDER = {"high": 3, "medium": 2, "low": 1, "info": 0, "undefined": 0}
 
 
@@ -82,7 +85,7 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
         except OSError as exc:
             errors.append(f"{rel}: {exc.strerror}")
             continue
-        findings += checks.check_binary(file, rel, data[:4])
+        findings += checks.check_binary(file, rel, data)
         if file.suffix == ".pth":
             findings += checks.check_pth(data.decode("utf-8", "replace"), rel)
         if file.suffix == ".py" or (target.is_file() and b"\0" not in data[:1024]):
@@ -100,6 +103,7 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
                 errors.append(f"{rel}: not parseable as Python ({exc.__class__.__name__})")
                 continue
             findings += checks.check_python(tree, rel, file.name == "setup.py")
+            findings += malware.check_python(tree, rel, file.name == "setup.py")
     if use_bandit:
         found, bandit_errors = _bandit(python_files, root)
         if display_name:
@@ -108,6 +112,8 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
         findings += found
         errors += bandit_errors
     errors += walk_notes
+    for item in findings:
+        _demote_unshipped(item)
     findings.sort(key=lambda f: (-SEVERITY_ORDER.get(f["severity"], 0), f["file"], f["line"]))
     for number, item in enumerate(findings, 1):
         item["ref"] = f"S{number}"
@@ -115,6 +121,18 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
             "tools": ["detain", "bandit"] if use_bandit else ["detain"],
             "seconds": round(time.monotonic() - started, 3), "findings": findings,
             "errors": errors}
+
+
+def _demote_unshipped(item: dict[str, Any]) -> None:
+    """Tests, docs and examples of an sdist are neither installed nor imported: a high
+    finding there is shown as medium, saying why (setup.py running them is found in
+    setup.py itself)."""
+    parts = [p.lower() for p in Path(item["file"]).parts]
+    name = parts[-1] if parts else ""
+    if item["severity"] == "high" and (set(parts[:-1]) & UNSHIPPED_DIRS or name == "conftest.py"
+                                       or name.startswith("test_") or name.endswith("_test.py")):
+        item["severity"] = "medium"
+        item["message"] += " (in test or example code, which is not installed)"
 
 
 def _bandit(files: list[Path], root: Path) -> tuple[list[dict[str, Any]], list[str]]:

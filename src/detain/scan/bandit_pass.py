@@ -2,7 +2,7 @@
 
 Bandit only parses (ast) the files it is given; nothing is imported or executed. Its
 findings are mapped to detain's behaviour categories so the report can say which of them
-the run later confirmed.
+the run later confirmed, and reworded for triage (scan/triage.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import logging
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .triage import reword
 
 # Bandit test id -> detain behaviour category (what the run would show if it is real).
 CATEGORIES = {
@@ -41,12 +43,14 @@ def run_bandit(files: list[Path], root: Path) -> tuple[list[dict[str, Any]], lis
     findings = []
     for issue in bandit.get_issue_list():
         data = issue.as_dict(with_code=False)
+        message, severity = reword(data["test_id"], data["issue_text"],
+                                   str(data["issue_severity"]).lower())
         findings.append({
             "id": f"bandit/{data['test_id']}", "tool": "bandit", "rule": data["test_id"],
-            "name": data.get("test_name"), "severity": str(data["issue_severity"]).lower(),
+            "name": data.get("test_name"), "severity": severity,
             "confidence": str(data["issue_confidence"]).lower(),
             "category": CATEGORIES.get(data["test_id"], "other"),
-            "message": data["issue_text"], "file": _relative(data["filename"], root),
+            "message": message, "file": _relative(data["filename"], root),
             "line": data.get("line_number") or 1,
             "cwe": (data.get("issue_cwe") or {}).get("id"),
         })

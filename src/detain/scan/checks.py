@@ -3,9 +3,10 @@
 * native binaries shipped with the code (ELF, PE, Mach-O, by magic bytes or suffix): they
   run outside anything a Python-level review sees;
 * `.pth` files: the interpreter executes their `import` lines at start-up (without -S);
-* `setup.py` doing network, process or file work: it runs at install time, before anyone
-  looked at the package;
-* obfuscation: long base64/hex literals and exec/eval of decoded data.
+* `setup.py` importing network or process modules (what it calls is scan/install_hooks.py);
+* long base64/hex literals: possibly hidden code or data.
+
+The malware triage rules live in scan/malware.py.
 
 Only bytes are read and Python is only parsed (ast); nothing is imported or executed.
 """
@@ -13,31 +14,23 @@ Only bytes are read and Python is only parsed (ast); nothing is imported or exec
 from __future__ import annotations
 
 import ast
+import base64
+import binascii
 import re
 from pathlib import Path
 from typing import Any
 
 MAGIC = {b"\x7fELF": "ELF", b"MZ": "PE (Windows)", b"\xcf\xfa\xed\xfe": "Mach-O",
-         b"\xce\xfa\xed\xfe": "Mach-O", b"\xca\xfe\xba\xbe": "Mach-O (universal)"}
+         b"\xce\xfa\xed\xfe": "Mach-O", b"\xfe\xed\xfa\xce": "Mach-O (big-endian)",
+         b"\xfe\xed\xfa\xcf": "Mach-O (big-endian)", b"\xca\xfe\xba\xbe": "Mach-O (universal)",
+         b"\xca\xfe\xba\xbf": "Mach-O (universal, 64-bit)"}
 NATIVE_SUFFIXES = (".so", ".dll", ".exe", ".dylib", ".pyd")
 BLOB = re.compile(r"^(?:[A-Za-z0-9+/]{120,}={0,2}|(?:[0-9a-fA-F]{2}){80,})$")
-DECODERS = {"b64decode", "b32decode", "b85decode", "a85decode", "decodebytes", "unhexlify",
-            "fromhex", "decompress", "loads", "decode", "urlsafe_b64decode"}
-EXECUTORS = {"exec", "eval", "compile"}
 SETUP_MODULES = {
     "network": {"socket", "urllib", "urllib.request", "http.client", "requests", "httpx",
                 "urllib3", "ftplib", "smtplib"},
     "process": {"subprocess", "os.system", "os.popen", "os.exec", "os.spawn", "pty"},
 }
-SETUP_CALLS = {
-    "network": {"urlopen", "urlretrieve", "create_connection", "connect", "getaddrinfo",
-                "get", "post"},
-    "process": {"system", "popen", "Popen", "run", "call", "check_call", "check_output",
-                "execv", "execve", "execvp", "spawnl", "spawnv"},
-    "file-write": {"remove", "unlink", "rmtree", "chmod", "rename", "copyfile", "move",
-                   "write_text", "write_bytes"},
-}
-
 
 def finding(rule: str, severity: str, category: str, message: str, file: str,
             line: int = 1) -> dict[str, Any]:
@@ -46,15 +39,46 @@ def finding(rule: str, severity: str, category: str, message: str, file: str,
             "message": message, "file": file, "line": max(1, line), "cwe": None}
 
 
-def check_binary(path: Path, rel: str, head: bytes) -> list[dict[str, Any]]:
-    kind = next((name for magic, name in MAGIC.items() if head.startswith(magic)), None)
-    if kind is None and path.suffix.lower() in NATIVE_SUFFIXES:
+def executable_kind(data: bytes) -> str | None:
+    """The executable format `data` holds, raw or as base64/hex text (its first bytes are
+    enough), or None. A bare `MZ` is too common to count unless the blob is big."""
+    for head, how in ((data[:8], ""), (_decode_head(data), ", base64/hex-encoded")):
+        for magic, name in MAGIC.items():
+            if head.startswith(magic) and (magic != b"MZ" or len(data) >= 64):
+                return name + how
+    return None
+
+
+def _decode_head(data: bytes) -> bytes:
+    if len(data) < 64:
+        return b""
+    text = re.sub(rb"\s", b"", data[:200])[:64]
+    try:
+        if re.fullmatch(rb"(?:[0-9a-fA-F]{2})+", text):
+            return binascii.unhexlify(text)
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return b""
+
+
+def check_binary(path: Path, rel: str, data: bytes) -> list[dict[str, Any]]:
+    """Every executable by its magic (raw, or base64/hex text), and native suffixes.
+
+    One named for what it is (.so, .pyd, .dll, .exe, .dylib: an extension module, a
+    launcher) is medium: review where it came from. One named as something else
+    (`libfast.dat`, `logo.png`) or with no suffix (a program to run) is high: an
+    executable that does not say it is one is hiding."""
+    kind = executable_kind(data)
+    honest = path.suffix.lower() in NATIVE_SUFFIXES
+    if kind is None and honest:
         kind = f"{path.suffix} file"
     if kind is None:
         return []
-    return [finding("native-binary", "high", "native",
-                    f"native binary shipped with the code ({kind}): it runs outside any "
-                    "Python-level review", rel)]
+    if honest:
+        return [finding("native-binary", "medium", "native", f"native binary shipped with "
+                        f"the code ({kind}): it runs outside any Python-level review", rel)]
+    return [finding("native-binary", "high", "native", f"executable ({kind}) shipped under "
+                    f"a name that does not say so ({path.name}): a native payload", rel)]
 
 
 def check_pth(text: str, rel: str) -> list[dict[str, Any]]:
@@ -67,20 +91,6 @@ def check_pth(text: str, rel: str) -> list[dict[str, Any]]:
                     "interpreter that loads this site dir", rel)]
 
 
-def _name(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return ""
-
-
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    return node.id if isinstance(node, ast.Name) else ""
-
-
 def check_python(tree: ast.AST, rel: str, is_setup: bool) -> list[dict[str, Any]]:
     found = []
     for node in ast.walk(tree):
@@ -90,33 +100,9 @@ def check_python(tree: ast.AST, rel: str, is_setup: bool) -> list[dict[str, Any]
                 found.append(finding("encoded-blob", "medium", "code", "long base64/hex "
                                      f"literal ({len(value)} characters): possibly hidden "
                                      "code or data", rel, node.lineno))
-        if not isinstance(node, ast.Call):
-            continue
-        name = _name(node.func)
-        if name in EXECUTORS and node.args and any(
-                isinstance(inner, ast.Call) and _name(inner.func) in DECODERS
-                for inner in ast.walk(node.args[0])):
-            found.append(finding("exec-decoded", "high", "code", f"{name}() of decoded "
-                                 "data: obfuscated code execution", rel, node.lineno))
-        if is_setup:
-            found += _setup_call(node, name, rel)
     if is_setup:
         found += _setup_imports(tree, rel)
     return found
-
-
-def _setup_call(node: ast.Call, name: str, rel: str) -> list[dict[str, Any]]:
-    dotted = _dotted(node.func)
-    for category, calls in SETUP_CALLS.items():
-        if name in calls and (category != "network" or "." in dotted):
-            return [finding(f"setup-{category}", "high", category, f"setup.py calls "
-                            f"{dotted or name}(): {category} work at install time", rel,
-                            node.lineno)]
-    if name == "open" and any(isinstance(a, ast.Constant) and isinstance(a.value, str)
-                              and set(a.value) & set("wax+") for a in node.args[1:2]):
-        return [finding("setup-file-write", "high", "file-write", "setup.py opens a file "
-                        "for writing at install time", rel, node.lineno)]
-    return []
 
 
 def _setup_imports(tree: ast.AST, rel: str) -> list[dict[str, Any]]:

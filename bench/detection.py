@@ -1,0 +1,152 @@
+"""Detection benchmark: how well detain tells malicious packages from popular honest ones.
+
+The corpus (bench/corpus/) is the project's own: malicious-pattern sdists written here,
+one behaviour family per category, and the sdists of popular PyPI projects at pinned
+versions. A package counts as *flagged* when it has at least one high-severity finding.
+
+  * static: `detain scan` of the unpacked sdist (Bandit + detain's checks). Recall per
+    malicious category; per benign package, whether it is flagged and by which rules.
+  * dynamic and verdict (--dynamic): `detain package SDIST --json -` per package, in its
+    sandboxes. Its exit status is the dynamic column; its report's `verdict`, when
+    detain package writes one, the verdict column (else n/a).
+
+The issue's goal: static recall >= 85% with <= 5% of benign packages flagged high.
+
+    python bench/detection.py [--offline] [--dynamic] [--json FILE] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from corpus import CACHE, build_malicious, fetch_benign
+
+from detain.package.unpack import unpack
+from detain.scan import scan
+
+RECALL_GOAL, BENIGN_GOAL = 0.85, 0.05
+
+
+def static(sdist: Path) -> list[dict[str, Any]]:
+    """The high findings of `detain scan` over the unpacked sdist."""
+    with tempfile.TemporaryDirectory(prefix="detain-bench-") as tmp:
+        root = unpack(sdist, Path(tmp) / "unpacked")
+        return [f for f in scan(root)["findings"] if f["severity"] == "high"]
+
+
+def dynamic(sdist: Path, seconds: float) -> dict[str, Any]:
+    """`detain package` of the sdist: its exit status and its verdict, if it gives one."""
+    command = [sys.executable, "-m", "detain", "package", str(sdist), "--json", "-"]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=seconds, check=False)
+    except subprocess.TimeoutExpired:
+        return {"exit": None, "verdict": None, "note": f"timed out after {seconds:.0f} s"}
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report = {}
+    verdict = report.get("verdict") if isinstance(report, dict) else None
+    if isinstance(verdict, dict):
+        verdict = verdict.get("verdict") or verdict.get("level")
+    return {"exit": done.returncode, "verdict": verdict if isinstance(verdict, str) else None}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    malicious = build_malicious(args.cache / "malicious")
+    benign, missing = fetch_benign(args.cache / "benign", offline=args.offline)
+    rows = []
+    for sample, sdist in malicious:
+        rows.append({"package": sample.name, "label": "malicious", "category": sample.category,
+                     "what": sample.what, "sdist": sdist})
+    rows += [{"package": spec, "label": "benign", "category": "popular", "sdist": sdist}
+             for spec, sdist in benign]
+    for row in rows:
+        highs = static(row["sdist"])
+        row["static"] = bool(highs)
+        row["rules"] = sorted({f["rule"] for f in highs})
+        row["where"] = [f"{f['file']}:{f['line']} {f['rule']}" for f in highs[:5]]
+        if args.dynamic:
+            row.update(dynamic(row["sdist"], args.timeout))
+        row["sdist"] = str(row["sdist"])
+    return {"rows": rows, "missing": missing, "dynamic": args.dynamic}
+
+
+def _rate(hits: int, total: int) -> str:
+    return f"{hits}/{total} ({100 * hits / total:.0f}%)" if total else "0/0"
+
+
+def _dynamic_flag(row: dict[str, Any]) -> bool | None:
+    return None if row.get("exit") is None else row["exit"] != 0
+
+
+def _verdict_flag(row: dict[str, Any]) -> bool | None:
+    verdict = row.get("verdict")
+    return None if verdict is None else verdict != "clean"
+
+
+def _column(rows: list[dict[str, Any]], flag) -> str:
+    seen = [flag(r) for r in rows]
+    known = [s for s in seen if s is not None]
+    return _rate(sum(known), len(known)) if known else "n/a"
+
+
+def render(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    by_category: dict[str, list] = defaultdict(list)
+    for row in rows:
+        by_category[(row["label"], row["category"])].append(row)
+    print(f"{'label':<10} {'category':<28} {'static':>12} {'dynamic':>12} {'verdict':>12}")
+    for (label, category), group in sorted(by_category.items()):
+        print(f"{label:<10} {category:<28} {_column(group, lambda r: r['static']):>12} "
+              f"{_column(group, _dynamic_flag):>12} {_column(group, _verdict_flag):>12}")
+    bad = [r for r in rows if r["label"] == "malicious"]
+    good = [r for r in rows if r["label"] == "benign"]
+    recall = sum(r["static"] for r in bad) / len(bad) if bad else 0.0
+    flagged = sum(r["static"] for r in good) / len(good) if good else 0.0
+    print(f"\nstatic recall {_rate(sum(r['static'] for r in bad), len(bad))} "
+          f"(goal >= {RECALL_GOAL:.0%}: {'met' if recall >= RECALL_GOAL else 'NOT met'}); "
+          f"benign flagged high {_rate(sum(r['static'] for r in good), len(good))} "
+          f"(goal <= {BENIGN_GOAL:.0%}: {'met' if flagged <= BENIGN_GOAL else 'NOT met'})")
+    if not result["dynamic"]:
+        print("dynamic and verdict: n/a (run with --dynamic: detain package per sdist)")
+    for row in bad:
+        if not row["static"]:
+            print(f"  missed: {row['package']} ({row['category']}: {row['what']})")
+    for row in good:
+        if row["static"]:
+            print(f"  benign flagged: {row['package']}: {', '.join(row['where'])}")
+    rules = Counter(rule for r in good for rule in r["rules"])
+    if rules:
+        print("  rules flagging benign packages: " + ", ".join(f"{k} x{v}" for k, v in
+                                                             rules.most_common()))
+    for note in result["missing"]:
+        print(f"  not in the corpus: {note}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=CACHE, help=f"default {CACHE}")
+    parser.add_argument("--offline", action="store_true",
+                        help="use only the benign sdists already in the cache")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="also run `detain package` on every sdist (slow)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds per `detain package` run (default 600)")
+    parser.add_argument("--json", type=Path, help="also write every row as JSON here")
+    args = parser.parse_args()
+    result = run(args)
+    render(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
