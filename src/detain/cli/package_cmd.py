@@ -55,8 +55,11 @@ def sinkhole_counts(seen: dict[str, Any] | None) -> str:
     """What reached a phase's sinkhole, for its one-line header ("" without one)."""
     if not seen:
         return ""
-    return (f", sinkhole: {seen['dns_queries']} DNS quer(ies), {seen['tcp_connections']} TCP, "
-            f"{seen['udp_datagrams']} UDP")
+    counts = [(seen["dns_queries"], "DNS query", "DNS queries"),
+              (seen["tcp_connections"], "TCP connection", "TCP connections"),
+              (seen["udp_datagrams"], "UDP datagram", "UDP datagrams")]
+    reached = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
+    return f", sinkhole: {', '.join(reached) if reached else 'nothing reached it'}"
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -116,7 +119,7 @@ def render(raw: dict[str, Any]) -> None:
     The report is full of the package's own strings (file names, event summaries, import
     errors, build output): the whole of it is made visible before anything is laid out.
     """
-    from ..report.human import more
+    from ..report.human import duration, more
     from ..report.safe_text import visible, visible_tree
 
     report = visible_tree(raw)
@@ -124,7 +127,7 @@ def render(raw: dict[str, Any]) -> None:
     fetched = report["fetch"]
     out.write(f"\n{report['spec']}: {fetched['kind']} {fetched['artifact']}"
               f"{' sha256 ' + fetched['sha256'][:16] + '…' if fetched['sha256'] else ''}"
-              f" ({report['seconds']} s in all)\n")
+              f" ({duration(report['seconds'])} in all)\n")
     findings = report["scan"].get("findings", [])
     out.write(f"  scan     {len(findings)} static finding(s)\n")
     for finding in findings[:15]:
@@ -140,7 +143,10 @@ def render(raw: dict[str, Any]) -> None:
                "refused" if egress else "" if phase.get("sinkhole") else ", no network")
         net += sinkhole_counts(phase.get("sinkhole"))
         out.write(f"  {phase['phase']:<8} {state} on {phase['backend']} in "
-                  f"{phase['seconds']} s{net}\n")
+                  f"{duration(phase['seconds'])}{net}\n")
+        choice = report.get("backend_choice") or {}
+        if choice.get("reason") and phase is report["phases"][0]:
+            out.write(f"           why {phase['backend']}: {choice['reason']}\n")
         if phase["error"]:
             out.write(f"           error: {phase['error']}\n")
         lines = list(dict.fromkeys(f"[{e['severity']}] {e['summary'][:140]} ({e['provenance']})"

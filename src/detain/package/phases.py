@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import Sandbox
-from ..backends import choose
+from ..backends.auto import Choice
 from ..host.interpreter import find_interpreter
 from ..host.tracer import on_by_default
 from ..job import Job
@@ -135,10 +135,12 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
 
     say = progress or (lambda _text: None)
     config = read_config()
+    choice = None
     if policy.backend == "auto":
-        # One backend for every phase, so their events compare; install needs the proxy.
-        chosen = choose("auto", policy.min_level, egress=True)
-        policy = replace(policy, backend=chosen.name)
+        # One backend for every phase, so their events compare: install needs the index
+        # proxy (a network namespace), and the sinkhole too where one can have it.
+        choice = _choose(policy, sinkhole)
+        policy = replace(policy, backend=choice.backend)
     if sinkhole is None:
         sinkhole = policy.sinkhole or supported(policy.backend)
     policy = replace(policy, sinkhole=sinkhole)
@@ -171,8 +173,27 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
                 phases.append(run_code("exercise", site, policy, seconds, static))
     return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
             "verdict": package_verdict(phases),
+            "backend_choice": choice.describe() if choice else None,
             "seconds": round(time.monotonic() - started, 3),
             "index": {"urls": config.index_urls, "hosts": config.hosts}}
+
+
+def _choose(policy: Policy, sinkhole: bool | None) -> Choice:
+    """`auto` for every phase: the index proxy is needed; the sinkhole is wanted unless
+    turned off, and given up (said in the reason) where no backend here has it."""
+    from ..backends import probe
+    from ..backends.auto import Needs, pick
+    from ..errors import BackendUnavailable
+
+    needs = replace(Needs.of(policy), allow_list=True)
+    if sinkhole is not False:
+        try:
+            return pick("auto", policy.min_level, replace(needs, sinkhole=True), probe)
+        except BackendUnavailable:
+            if sinkhole:
+                raise
+    chosen = pick("auto", policy.min_level, needs, probe)
+    return replace(chosen, reason=chosen.reason + "; no backend here has a sinkhole network")
 
 
 def package_verdict(phases: list[dict[str, Any]]) -> dict[str, Any]:
