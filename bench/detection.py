@@ -53,9 +53,8 @@ def dynamic(sdist: Path, seconds: float) -> dict[str, Any]:
     except ValueError:
         report = {}
     verdict = report.get("verdict") if isinstance(report, dict) else None
-    if isinstance(verdict, dict):
-        verdict = verdict.get("verdict") or verdict.get("level")
-    return {"exit": done.returncode, "verdict": verdict if isinstance(verdict, str) else None}
+    level = verdict.get("level") if isinstance(verdict, dict) else None
+    return {"exit": done.returncode, "verdict": level if isinstance(level, str) else None}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
