@@ -13,8 +13,11 @@ from .run_cmd import EXIT_FAIL_ON
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "scan", help="statically scan files or directories (Bandit + detain's checks)",
-        description="Look for native binaries, .pth files, setup.py doing I/O, obfuscated "
-        "code and Bandit's findings, without running anything.")
+        description="Malware triage without running anything: credential and persistence "
+        "paths, environment harvesting, hard-coded IPs and drop points, decoded code run by "
+        "exec, attribute indirection, setup.py cmdclass overrides, pyarmor, clipboard/"
+        "screenshot/keylogger APIs, executables in files or literals, .pth files, and "
+        "Bandit's findings worded for triage. Each finding has file:line and a severity.")
     parser.add_argument("paths", metavar="PATH", nargs="+", help="files or directories "
                         "(several, as pre-commit passes the changed files)")
     parser.add_argument("--report", metavar="FILE", action="append", default=[],
