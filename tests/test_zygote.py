@@ -165,7 +165,8 @@ def test_the_assurance_is_the_forked_runs_own(zygote_backend):
 
 
 def test_spares_follow_the_callers():
-    """Two callers at once on warm=1: the Sandbox keeps two spares from then on."""
+    """Two callers at once on warm=1: the Sandbox keeps at least two spares from then on
+    (a zygote's, several per caller: they are cheap, and take a while to confine)."""
     require("landlock")
     import threading
 
@@ -182,4 +183,4 @@ def test_spares_follow_the_callers():
         for thread in threads:
             thread.join()
         assert box.wait_warm()
-        assert len(box._spares) == 2
+        assert len(box._spares) >= 2

@@ -104,8 +104,14 @@ class Sandbox:
 
     @property
     def _wanted(self) -> int:
-        """Spares to keep: as asked, and never fewer than the callers seen at once."""
-        return max(self.warm, self._peak_callers) if self.warm else 0
+        """Spares to keep: as asked, and never fewer than the callers seen at once. A
+        zygote's spares cost a fork each but take a while to confine (cgroup v1 joins wait
+        for RCU grace periods), so with several callers at once more are kept in flight
+        per caller: they never wait for one while the CPUs have time to make them."""
+        if not self.warm:
+            return 0
+        several = self._zygote is not None and self._peak_callers > 1
+        return max(self.warm, (ZYGOTE_SPARES if several else 1) * self._peak_callers)
 
     def wait_warm(self, timeout: float = 30.0) -> bool:
         """Block until every spare is ready and the last runs' remains are removed (True),
@@ -243,7 +249,8 @@ class Sandbox:
 
 
 SPARE_WAIT = 30.0  # seconds a run waits for a spare being started before starting its own
-SPAWNERS = max(2, os.cpu_count() or 1)  # threads starting spares at once
+SPAWNERS = 8  # threads starting spares at once (a spare mostly waits while it starts)
+ZYGOTE_SPARES = 4  # spares kept per concurrent caller where a zygote forks them
 _WORKERS: dict[str, queue.SimpleQueue] = {}
 _WORKERS_LOCK = threading.Lock()
 

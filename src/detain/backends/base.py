@@ -268,14 +268,15 @@ class Backend:
         instead of `launch` and an exec: it confines itself, with its own scratch tmpfs."""
         if job is None and not self.warm:
             raise DetainError(f"the {self.name} backend cannot start ahead of its job")
-        rundir.sweep()
+        if forker is None:  # a zygote swept when it started; its runs are its own
+            rundir.sweep()
         run = rundir.RunDir()
         started = None
         try:
             read_fd, write_fd = os.pipe()
             started = Started(policy, run, host_fds=[read_fd], child_fds=[write_fd])
             ctx = started.ctx = self._prepare(job, policy, run, write_fd,
-                                              host_scratch=forker is None)
+                                              forked=forker is not None)
             ctx.label = label
             if policy.allow_hosts or policy.sinkhole:  # net code loads only for runs using it
                 from ..net import session as egress
@@ -466,14 +467,14 @@ class Backend:
             os.chmod(staged, 0o644)
 
     def _prepare(self, job: Job | None, policy: Policy, run: rundir.RunDir,
-                 channel_fd: int, host_scratch: bool = True) -> RunContext:
+                 channel_fd: int, forked: bool = False) -> RunContext:
         uid = privileges.fresh_uid() if privileges.is_root() else None
         setup = privileges.ChildSetup(uid=uid)
         if uid is not None:
             privileges.load_libc()
             run.record("uid", uid)
         scratch = run.subdir("scratch", 0o700)
-        if uid is not None and host_scratch:
+        if uid is not None and not forked:  # a forked run mounts its own
             run.record("mount", str(scratch))
             privileges.mount_scratch(scratch, policy.limits.disk_bytes, uid)
         job_dir = run.subdir("job", 0o755)
@@ -483,7 +484,8 @@ class Backend:
         cgroup = None
         if uid is not None:
             try:
-                cgroup = cgroups.Cgroup.create(run, *self.host_limits(policy))
+                cgroup = cgroups.Cgroup.create(run, *self.host_limits(policy), v1=(
+                    cgroups.FORKED_V1 if forked else cgroups.V1_CONTROLLERS))
             except OSError as exc:
                 raise DetainError(f"could not set up cgroup limits ({exc}); check that "
                                   "/sys/fs/cgroup is writable or run detain unprivileged") from None

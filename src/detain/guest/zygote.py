@@ -33,6 +33,7 @@ launcher loads; a run sees them in sys.modules, and nothing else of the zygote.
 """
 
 import ctypes
+import fcntl
 import os
 import select
 import sys
@@ -40,19 +41,22 @@ import sys
 CLONE_PARENT, CLONE_NEWNS, CLONE_NEWCGROUP = 0x8000, 0x20000, 0x02000000
 CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER = 0x04000000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+CLONE_INTO_CGROUP = 0x200000000
+NR_CLONE3 = 435  # the same number on every architecture
 SIGCHLD, SIGKILL = 17, 9
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 1, 4, 38, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 36, 22, 2
-SYSCALLS = {"x86_64": {"clone": 56, "pivot_root": 155, "capset": 126, "ll_create": 444,
+SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126, "ll_create": 444,
                        "ll_add": 445, "ll_restrict": 446},
-            "aarch64": {"clone": 220, "pivot_root": 41, "capset": 91, "ll_create": 444,
+            "aarch64": {"pivot_root": 41, "capset": 91, "ll_create": 444,
                         "ll_add": 445, "ll_restrict": 446}}
 LIST, ITEM = "\x1e", "\x1f"  # separators of list fields and of an item's parts
 LABEL_ROOM = 128  # bytes of blank argument the host leaves for a run's label (show_label)
 JOB_FDS = 5  # a run's fds after set-up: stdin, stdout, stderr, channel (3), job (4)
+RECENT = 8  # runs whose pid namespace the zygote holds a while
 
 libc = ctypes.CDLL(None, use_errno=True)
 _raw = ctypes.PyDLL(None, use_errno=True)  # holds the GIL across clone(), as os.fork does
@@ -85,11 +89,18 @@ def write_file(path, text, mode=0o644):
         os.close(fd)
 
 
-def clone(flags):
-    """fork(), with namespace flags and CLONE_PARENT: the child is detain's, not ours."""
+def clone(flags, cgroup=None):
+    """fork(), with namespace flags and CLONE_PARENT: the child is detain's, not ours;
+    with a `cgroup` dir fd, born in that group (clone3's CLONE_INTO_CGROUP)."""
     api = ctypes.pythonapi
+    args = (ctypes.c_uint64 * 11)()  # struct clone_args, CLONE_ARGS_SIZE_VER2
+    # With CLONE_PARENT the exit signal is ours to our parent (SIGCHLD), and must be 0 here.
+    args[0], args[4] = flags, 0 if flags & CLONE_PARENT else SIGCHLD
+    if cgroup is not None:
+        args[0] |= CLONE_INTO_CGROUP
+        args[10] = cgroup
     api.PyOS_BeforeFork()
-    pid = _raw.syscall(NR["clone"], flags | SIGCHLD, 0, 0, 0, 0)
+    pid = _raw.syscall(NR_CLONE3, args, ctypes.sizeof(args))
     if pid == 0:
         api.PyOS_AfterFork_Child()
     else:
@@ -175,7 +186,6 @@ def ns_init(config, request, uid):
 def loopback_up():
     """`ip link set lo up` (the kernel then gives it 127.0.0.1), as bwrap does."""
     import _socket
-    import fcntl
 
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
@@ -328,7 +338,7 @@ def start_run(zygote, request, fds):
     config = zygote.config
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)  # detain's thread that asked for us
     os.setsid()
-    for fd in fds[JOB_FDS:]:
+    for fd in fds[JOB_FDS:] if request["cgroup"] == "procs" else ():
         os.write(fd, b"0")  # join the run's cgroup: writing 0 moves the writer itself
     high = [fcntl_dup(fd) for fd in fds[:JOB_FDS]]
     for target, fd in enumerate(high):
@@ -373,8 +383,6 @@ def show_label(label):
 
 def fcntl_dup(fd):
     """A copy of `fd` above the numbers the run's fds are moved to."""
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_DUPFD, 2 * JOB_FDS)
 
 
@@ -403,6 +411,9 @@ class Zygote:
 
         gc.freeze()  # what is here now is never collected, so a run's GC never touches it
         self.watched = {}  # pid -> [pidfd, deadline or None]
+        # The last runs' pid namespaces, held so the kernel gives the next runs other ids
+        # (it reuses the lowest free one): logs and `ps` can tell consecutive runs apart.
+        self.recent = []
 
     def serve(self):
         """Answer requests until detain goes away; returns in a forked run only."""
@@ -426,7 +437,8 @@ class Zygote:
                 os._exit(0)
             word, *args = fields(message)
             if word == "fork":
-                request = {"uid": args[0], "run": args[1], "disk": args[2], "label": args[3]}
+                request = {"uid": args[0], "run": args[1], "disk": args[2], "label": args[3],
+                           "cgroup": args[4]}
                 if self.fork(request, fds):
                     return
             elif word == "go" and int(args[0]) in self.watched:
@@ -451,8 +463,9 @@ class Zygote:
         flags = CLONE_PARENT
         if self.config["mode"] == "ns":
             flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+        into = fds[JOB_FDS] if request["cgroup"] == "into" and len(fds) > JOB_FDS else None
         try:
-            pid = clone(flags)
+            pid = clone(flags, into)
         except OSError as exc:
             self.reply("error " + str(exc), fds)
             return False
@@ -461,6 +474,8 @@ class Zygote:
             for pidfd, _ in self.watched.values():
                 os.close(pidfd)
             self.watched.clear()
+            for fd in self.recent:
+                os.close(fd)
             try:
                 start_run(self, request, fds)
             except BaseException as exc:
@@ -469,8 +484,12 @@ class Zygote:
             return True
         try:
             self.watched[pid] = [os.pidfd_open(pid), None]
+            if self.config["mode"] == "ns":  # PIDFD_GET_PID_NAMESPACE (Linux 6.11)
+                self.recent.append(fcntl.ioctl(self.watched[pid][0], 0xFF05))
         except OSError:
             pass  # already gone: the host reaps it and reports how it ended
+        while len(self.recent) > RECENT:
+            os.close(self.recent.pop(0))
         self.reply("ok %d" % pid, fds)
         return False
 

@@ -23,6 +23,10 @@ from .rundir import RunDir, cleaner
 
 ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "freezer", "cpuacct")
+# A zygote's run (host/zygote.py) joins v1 groups itself, each join an RCU grace period:
+# only those of its limits. Its pid 1 or reaper ends it all (no freezer needed), and its
+# CPU time is the rusage detain reaps.
+FORKED_V1 = ("memory", "pids")
 DELEGATED_CONTROLLERS = ("memory", "pids")
 HOST_LEAF = "detain-host"
 
@@ -98,8 +102,10 @@ class Cgroup:
     delegated: bool = False  # in the user's delegated subtree, not one detain made as root
 
     @classmethod
-    def create(cls, run: RunDir, memory: int, pids: int) -> Cgroup | None:
-        """A fresh cgroup for this run, or None when this host gives us none to write."""
+    def create(cls, run: RunDir, memory: int, pids: int,
+               v1: tuple[str, ...] = V1_CONTROLLERS) -> Cgroup | None:
+        """A fresh cgroup for this run, or None when this host gives us none to write.
+        `v1`: the v1 controllers it gets a group in (a zygote's run: only its limits')."""
         ver = version()
         if ver is None:
             return None
@@ -115,7 +121,7 @@ class Cgroup:
                     _write(holder / "cgroup.subtree_control", " ".join("+" + c for c in missing))
             dirs = {"unified": parent / name}
         else:
-            dirs = {c: ROOT / c / "detain" / name for c in V1_CONTROLLERS}
+            dirs = {c: ROOT / c / "detain" / name for c in v1}
         for path in dirs.values():
             run.record("cgroup", str(path))
             path.mkdir(parents=True)
@@ -177,6 +183,8 @@ class Cgroup:
     def cpu_seconds(self) -> float:
         if self.version == 2:
             return _counter(_read(self.dirs["unified"] / "cpu.stat"), "usage_usec") / 1e6
+        if "cpuacct" not in self.dirs:  # a zygote's run: its rusage is its CPU time
+            return 0.0
         text = _read(self.dirs["cpuacct"] / "cpuacct.usage").strip()
         return int(text) / 1e9 if text.isdigit() else 0.0
 

@@ -108,6 +108,12 @@ class RunDir:
                               f"{exc.strerror}; free some space there or set "
                               "DETAIN_STATE_DIR") from None
 
+    def covered(self, kind: str) -> None:
+        """Leave `kind` to the sweep only: another resource's cleanup already ends it (a
+        fresh uid whose every process is in the run's cgroup, which is killed first). The
+        journal keeps it, so a sweep after a crash still removes it."""
+        self.state.pop(kind, None)
+
     def close(self) -> None:
         try:
             release(self.path, self.state)

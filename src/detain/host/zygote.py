@@ -72,6 +72,7 @@ class Zygote:
     def __init__(self, backend: Backend, policy: Policy, mode: str) -> None:
         self.backend, self.policy, self.mode = backend, policy, mode
         self._lock = threading.Lock()
+        rundir.sweep()  # once here: its runs skip the sweep every other run does
         self.run = rundir.RunDir("zygote")  # the template root and the zygote's own log
         self.proc: subprocess.Popen | None = None
         self.described: dict[str, object] = {}  # what a run's assurance says of it
@@ -128,9 +129,18 @@ class Zygote:
         ours = [pipes[0][1], pipes[1][0], pipes[2][0]]  # stdin's write end, output's read
         theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
         try:
-            theirs += [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in ctx.setup.cgroup_procs]
+            # One cgroup v2 group: the run is cloned into it (CLONE_INTO_CGROUP). Moving a
+            # process between groups afterwards waits for an RCU grace period, ~10 ms.
+            into = ctx.cgroup is not None and ctx.cgroup.version == 2
+            if into:
+                theirs.append(os.open(ctx.cgroup.dirs["unified"], os.O_RDONLY
+                                      | os.O_DIRECTORY | os.O_CLOEXEC))
+            elif ctx.cgroup is not None:  # v1: only the groups that hold a limit
+                theirs += [os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+                           for p in ctx.setup.cgroup_procs]
             request = ["fork", "" if ctx.uid is None else str(ctx.uid), str(ctx.run.path),
-                       str(self.policy.limits.disk_bytes), ctx.label or ""]
+                       str(self.policy.limits.disk_bytes), ctx.label or "",
+                       "into" if into else "procs"]
             # The run's fds in the order it expects: stdin, stdout, stderr, the channel's
             # write end, the job's read end (started.child_fds), then its cgroup.procs.
             fds = [*theirs[:3], *started.child_fds, *theirs[3:]]
@@ -150,6 +160,10 @@ class Zygote:
             for fd in theirs:
                 os.close(fd)
         ctx.extra.update(self.described)
+        if ctx.cgroup is not None:
+            # Every process of the run is in its cgroup (it joins before anything else),
+            # which cleanup kills and empties: the uid's /proc scan would find nothing.
+            ctx.run.covered("uid")
         # Where the run finds its job dir and channel (guest/zygote.py's fd 3).
         ctx.guest_paths = (self.job_dir or str(ctx.job_dir), "3")
         return proc
