@@ -53,6 +53,7 @@ soak: system-deps $(VENV)/.installed-test
 bench: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/service.py
 
 ## make bench-detection: static recall and benign false positives on the project's own corpus
