@@ -127,10 +127,12 @@ class Server:
         return self.proc.wait(timeout=60)
 
     def call(self, method: str, path: str, body: object = None, token: str | None = TOKEN,
-             raw: bytes | None = None) -> tuple[int, object]:
+             raw: bytes | None = None, headers: dict[str, str] | None = None
+             ) -> tuple[int, object]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            request.add_header(name, value)
         if token:
             request.add_header("X-Auth-Token", token)
         try:

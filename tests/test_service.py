@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,7 @@ token = "{OTHER}"
 timeout = 5
 backend = "bwrap"
 rate = 1
+queue = 2
 """)
     path.chmod(0o600)
     return path
@@ -155,11 +157,19 @@ def test_hostile_bodies(service):
     assert status in (400, 422), answer
     with socket.create_connection(("127.0.0.1", service.port), 30) as raw:
         raw.sendall(b"POST /submissions HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + TOKEN.encode()
-                    + b"\r\nContent-Length: 9437184\r\n\r\n" + b" " * 65536)
+                    + b"\r\nContent-Type: application/json\r\nContent-Length: 9437184\r\n\r\n"
+                    + b" " * 65536)
         assert raw.recv(100).startswith(b"HTTP/1.1 413 ")  # refused before it is read
     status, answer = service.call("POST", "/submissions?wait=true", {
-        "language_id": 71, "source_code": "print('\u202eodd \U0001f600 \udcff')"})
-    assert status == 201 and answer["status"]["id"] in (3, 11), answer
+        "language_id": 71, "source_code": "print('\u202eodd \U0001f600')"})
+    assert status == 201 and answer["status"]["id"] == 3, answer
+    for field in ("source_code", "command_line_arguments"):
+        status, answer = service.call("POST", "/submissions", {
+            "language_id": 71, "source_code": "pass", field: "\udcff"})  # lone surrogate
+        assert status == 422 and field in answer, answer
+    status, answer = service.call("POST", "/submissions", {
+        "language_id": 71, "source_code": "pass", "cpu_time_limit": 10 ** 400})
+    assert status == 422 and "cpu_time_limit" in answer, answer
     assert service.call("GET", "/submissions/" + "x" * 5000)[0] == 404
     assert service.call("GET", "/languages/abc")[0] == 404
 
@@ -264,3 +274,65 @@ def test_without_tokens_it_listens_on_loopback_only(state_dir):
                           capture_output=True, timeout=60)
     assert done.returncode == 2
     assert b"loopback only" in done.stderr and b"--tokens" in done.stderr
+
+
+def test_one_client_cannot_exhaust_the_server(service, state_dir):
+    """What the review of the service found: repeated tokens multiplying an answer, a
+    batch paying the rate of one request, one token filling the shared queue, guessing
+    tokens at full speed, a store other users could read."""
+    status, answer = service.call("POST", "/submissions?wait=true", {
+        "language_id": 71, "source_code": "print('x' * 3_000_000)"})
+    assert status == 201, answer
+    many = ",".join([answer["token"]] * 20)
+    status, refused = service.call("GET", f"/submissions/batch?tokens={many}"
+                                          "&base64_encoded=true&fields=stdout")
+    assert status == 413 and "fewer fields or tokens" in refused["error"]
+    status, one = service.call("GET", f"/submissions/batch?tokens={answer['token']}")
+    assert status == 200 and len(one["submissions"]) == 1
+    batch = {"submissions": [{"language_id": 71, "source_code": "pass"}] * 5}
+    assert service.call("POST", "/submissions/batch", batch, token=OTHER)[0] == 429
+    time.sleep(2.5)  # the bucket refills
+    slow = {"language_id": 71, "source_code": "import time\ntime.sleep(3)"}
+    codes = [service.call("POST", "/submissions", slow, token=OTHER)[0] for _ in range(3)]
+    assert codes[:2] == [201, 201] and codes[2] == 429, codes  # its queue share is 2
+    guesses = [service.call("GET", "/about", token=f"guess-{n}")[0] for n in range(15)]
+    assert 429 in guesses
+    database = next(Path(service.env["DETAIN_STATE_DIR"]).glob("service.db"))
+    assert database.stat().st_mode & 0o077 == 0
+
+
+def test_a_trickling_client_is_cut_off(service):
+    """A connection that never finishes its headers is closed (slowloris)."""
+    with socket.create_connection(("127.0.0.1", service.port), 30) as raw:
+        raw.sendall(b"GET /about HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        raw.settimeout(30)
+        started = time.monotonic()
+        while True:
+            try:
+                raw.sendall(b"X-a: b\r\n")
+                if not raw.recv(100, socket.MSG_DONTWAIT):
+                    break
+            except BlockingIOError:
+                time.sleep(1)
+            except OSError:
+                break
+            assert time.monotonic() - started < 25, "the server held the connection"
+    assert time.monotonic() - started >= 5
+
+
+def test_without_tokens_web_pages_cannot_use_it(state_dir):
+    require("bwrap")
+    private = state_dir / f"http-{time.monotonic_ns()}"
+    private.mkdir()
+    server = Server(private)
+    try:
+        body = {"language_id": 71, "source_code": "print(1)"}
+        for headers, expected in (({"Host": "evil.example"}, 403),
+                                  ({"Origin": "http://evil.example"}, 403),
+                                  ({"Content-Type": "text/plain"}, 415)):
+            status, _ = server.call("POST", "/submissions", body, token=None, headers=headers)
+            assert status == expected, (headers, status)
+        assert server.call("POST", "/submissions", {"language_id": 71,
+                                                    "source_code": "pass"}, token=None)[0] == 201
+    finally:
+        assert server.stop() == 0

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="submissions run at once, embedded (default 2)")
     http.add_argument("--callback-allow", metavar="CIDR", action="append", default=[],
                       help="let callback_url reach this private range too (repeatable)")
+    http.add_argument("--keep", metavar="SECONDS", type=float, default=86400.0,
+                      help="delete results this long after they finished (default 86400)")
     parser.set_defaults(handler=execute)
 
 
@@ -60,7 +62,8 @@ def execute(args: argparse.Namespace) -> int:
 
         return serve_http(HttpOptions(args.http, args.tokens, args.policy, args.workers,
                                       args.database, args.broker,
-                                      tuple(args.callback_allow), args.redeliver_after))
+                                      tuple(args.callback_allow), args.redeliver_after,
+                                      args.keep))
     from ..host.rundir import base_dir
     from ..pool import SandboxPool
     from .parser import build_parser

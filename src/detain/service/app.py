@@ -29,9 +29,12 @@ from .store import DONE
 from .tokens import Caller
 
 BODY_CAP = 8 << 20
+RESPONSE_CAP = 16 << 20  # bytes of submission data in one answer; fewer fields or tokens
+HEAVY_AT_ONCE = 8  # answers carrying stored outputs built at once (memory: 8 x the cap)
 BATCH_CAP = 20
 QUEUE_CAP = 256
 WAIT_SECONDS = 600.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class Refused(Exception):
@@ -49,6 +52,7 @@ class Service:
 
     def __init__(self, store, tokens, dispatcher, metrics) -> None:
         self.store, self.tokens, self.dispatcher, self.metrics = store, tokens, dispatcher, metrics
+        self._heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
 
     def app(self) -> Starlette:
         routes = [
@@ -75,8 +79,11 @@ class Service:
             try:
                 if path == "/healthz":
                     return await endpoint(request, None)
+                self._same_origin(request)
                 caller = self.tokens.caller(request.headers.get("x-auth-token"))
                 if caller is None:
+                    if not self.tokens.admit(self.tokens.stranger(_client(request))):
+                        raise error(429, "too many failed attempts; slow down")
                     raise error(401, "a valid X-Auth-Token header is required")
                 if not self.tokens.admit(caller):
                     raise error(429, f"too many requests: at most {caller.rate:g} a second "
@@ -88,7 +95,32 @@ class Service:
             except judge0.Invalid as invalid:
                 self.metrics.rejected.labels("422").inc()
                 return JSONResponse(invalid.errors, status_code=422)
+            except Exception as exc:  # a bug in detain: one line here, JSON to the client
+                from ..report.safe_text import say
+
+                say(f"serve --http: {request.method} {path} failed: {type(exc).__name__}: "
+                    f"{str(exc)[:300]}")
+                self.metrics.rejected.labels("500").inc()
+                return JSONResponse({"error": "internal error; the server's log says more"},
+                                    status_code=500)
         return guarded
+
+    def _same_origin(self, request: Request) -> None:
+        """No web page may use the API through the operator's browser. A cross-site page
+        sends an Origin header (refused unless it is this server's own); without tokens,
+        where the only protection is the loopback address, the Host must be a loopback
+        name too, so a DNS-rebinding page cannot pose as this server. POST bodies must be
+        application/json, which a page cannot send cross-site without asking first."""
+        host = request.headers.get("host", "")
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+            raise error(403, "requests from web pages of other origins are refused")
+        if not self.tokens.required and host.rpartition(":")[0] not in LOOPBACK_HOSTS:
+            raise error(403, "without tokens, only requests to a loopback address (Host: "
+                             "127.0.0.1, localhost or [::1]) are served")
+        if request.method == "POST" and request.headers.get("content-type", "").split(
+                ";")[0].strip().lower() != "application/json":
+            raise error(415, "the body must be JSON (Content-Type: application/json)")
 
     # Judge0: what the server is
 
@@ -123,7 +155,8 @@ class Service:
         if not _flag(request, "wait"):
             return JSONResponse({"token": token}, status_code=201)
         record = await self._finished(token)
-        return JSONResponse(self._shown(record, fields, encoded), status_code=201)
+        async with self._heavy:
+            return _capped(self._shown(record, fields, encoded), status=201)
 
     async def create_batch(self, request: Request, caller: Caller) -> Response:
         encoded = _flag(request, "base64_encoded")
@@ -132,6 +165,9 @@ class Service:
         if not isinstance(items, list) or not 1 <= len(items) <= BATCH_CAP:
             raise Refused(422, {"submissions": [f"must be a list of 1 to {BATCH_CAP} "
                                                 "submissions"]})
+        if not self.tokens.admit(caller, cost=len(items) - 1):  # the request paid for one
+            raise error(429, f"too many submissions: at most {caller.rate:g} a second for "
+                             "this token, each of a batch counting")
         answers = []
         for item in items:
             try:
@@ -145,19 +181,29 @@ class Service:
         record = await run_in_threadpool(self._owned, request.path_params["token"], caller,
                                          "judge0")
         fields = judge0.fields_param(request.query_params.get("fields"))
-        return JSONResponse(self._shown(record, fields, _flag(request, "base64_encoded")))
+        async with self._heavy:
+            return _capped(self._shown(record, fields, _flag(request, "base64_encoded")))
 
     async def get_batch(self, request: Request, caller: Caller) -> Response:
-        tokens = [t for t in request.query_params.get("tokens", "").split(",") if t][:BATCH_CAP]
-        if not tokens:
-            raise Refused(422, {"tokens": ["give up to 20 tokens, comma-separated"]})
+        asked = [t for t in request.query_params.get("tokens", "").split(",") if t]
+        tokens = list(dict.fromkeys(asked))  # each once: repeats only multiplied the answer
+        if not 1 <= len(tokens) <= BATCH_CAP:
+            raise Refused(422, {"tokens": [f"give 1 to {BATCH_CAP} tokens, comma-separated"]})
         fields = judge0.fields_param(request.query_params.get("fields"))
         encoded = _flag(request, "base64_encoded")
-        found = await run_in_threadpool(self.store.many, tokens)
-        return JSONResponse({"submissions": [
-            self._shown(found[t], fields, encoded)
-            if t in found and found[t]["owner"] == caller.name and found[t]["kind"] == "judge0"
-            else None for t in tokens]})
+        async with self._heavy:
+            found = await run_in_threadpool(self.store.many, tokens)
+            shown: dict[str, dict[str, Any]] = {}
+            size = 0
+            for token in asked[:BATCH_CAP]:  # in the order asked, repeats counted
+                record = found.get(token)
+                if token not in shown and record and record["owner"] == caller.name \
+                        and record["kind"] == "judge0":
+                    shown[token] = self._shown(record, fields, encoded)
+                size += _size(shown.get(token) or {})
+                if size > RESPONSE_CAP:
+                    raise _too_big()
+            return JSONResponse({"submissions": [shown.get(t) for t in asked[:BATCH_CAP]]})
 
     async def delete(self, request: Request, caller: Caller) -> Response:
         record = await run_in_threadpool(self._owned, request.path_params["token"], caller,
@@ -183,6 +229,9 @@ class Service:
         if self.dispatcher.backlog() >= QUEUE_CAP:
             raise error(503, f"the queue is full ({QUEUE_CAP} submissions waiting); try again "
                              "later")
+        if self.store.waiting(caller.name) >= caller.queue:
+            raise error(429, f"this token already has {caller.queue} submissions waiting or "
+                             "running; wait for their results")
         token = str(uuid.uuid4())
         self.store.add(token, kind, caller.name, request)
         self.metrics.accepted.labels(kind).inc()
@@ -251,6 +300,26 @@ class Service:
     async def prometheus(self, request: Request, caller: Caller) -> Response:
         return PlainTextResponse(generate_latest(self.metrics.registry).decode(),
                                  media_type="text/plain; version=0.0.4")
+
+
+def _size(shown: dict[str, Any]) -> int:
+    """Bytes of the text values of one shown submission (what dominates its JSON)."""
+    return sum(len(v) for v in shown.values() if isinstance(v, str))
+
+
+def _too_big() -> Refused:
+    return error(413, f"the answer would hold more than {RESPONSE_CAP >> 20} MiB of "
+                      "submission data; ask for fewer fields or tokens")
+
+
+def _capped(shown: dict[str, Any], status: int = 200) -> Response:
+    if _size(shown) > RESPONSE_CAP:
+        raise _too_big()
+    return JSONResponse(shown, status_code=status)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _run_view(record: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ ENCODED = ("source_code", "stdin", "expected_output", "stdout", "stderr", "compi
 SOURCE_CAP = 1 << 20  # bytes of source, stdin or expected output, each, after decoding
 ZIP_CAP = 4 << 20
 ARGS_CAP = 4096
+LIMIT_MAX = 1e9  # above any ceiling; keeps 400-digit integers out of float conversion
 # Judge0 names on the left, detain's policy vocabulary (and the factor to its unit) right.
 LIMITS = {"cpu_time_limit": ("cpu", 1.0), "wall_time_limit": ("timeout", 1.0),
           "memory_limit": ("memory", 1024), "max_processes_and_or_threads": ("processes", 1),
@@ -109,10 +110,18 @@ def decode(value: Any, name: str, encoded: bool, cap: int = SOURCE_CAP) -> str |
         except (binascii.Error, UnicodeEncodeError):
             raise Invalid({name: ["is not valid base64"]}) from None
     else:
-        raw = value.encode("utf-8", "surrogatepass")
+        raw = strict_utf8(value, name)
     if len(raw) > cap:
         raise Invalid({name: [f"is longer than {cap} bytes"]})
     return raw.decode("utf-8", "replace")
+
+
+def strict_utf8(value: str, name: str) -> bytes:
+    """A string that is text: a lone surrogate (valid JSON, not UTF-8) is a 422."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid({name: ["is not valid UTF-8 text (a lone surrogate)"]}) from None
 
 
 def encode(text: str | None, encoded: bool) -> str | None:
@@ -187,6 +196,7 @@ def _arguments(value: Any) -> list[str]:
     if not isinstance(value, str) or len(value) > ARGS_CAP or "\0" in value:
         raise Invalid({"command_line_arguments": [f"must be a string of at most {ARGS_CAP} "
                                                   "characters, without NUL"]})
+    strict_utf8(value, "command_line_arguments")
     try:
         return shlex.split(value)
     except ValueError as exc:
@@ -201,8 +211,9 @@ def _policy(body: dict[str, Any], ceiling: Policy) -> Policy:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            errors[name] = ["must be a number greater than 0"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= LIMIT_MAX:
+            errors[name] = [f"must be a number greater than 0 and at most {LIMIT_MAX:g}"]
             continue
         table[setting] = int(value * factor) if isinstance(factor, int) else float(value)
     network = _flag(body, "enable_network")

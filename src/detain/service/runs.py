@@ -39,9 +39,9 @@ def parse(body: Any, ceiling: Policy) -> tuple[Job, Policy]:
     if (code is None) == (module is None):
         raise DetainError("give exactly one of `code` or `module`")
     args = body.get("args", [])
-    if not isinstance(args, list) or len(args) > ARGS_CAP \
-            or not all(isinstance(a, str) for a in args):
+    if not isinstance(args, list) or len(args) > ARGS_CAP:
         raise DetainError(f"`args` must be a list of at most {ARGS_CAP} strings")
+    args = [_text(arg, "args") for arg in args]
     stdin = _text(body.get("stdin", ""), "stdin").encode()
     table = body.get("policy", {})
     if not isinstance(table, dict):
@@ -56,7 +56,11 @@ def parse(body: Any, ceiling: Policy) -> tuple[Job, Policy]:
 
 
 def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > SOURCE_CAP:
+    try:
+        size = len(value.encode("utf-8")) if isinstance(value, str) else None
+    except UnicodeEncodeError:
+        raise DetainError(f"`{name}` is not valid UTF-8 text (a lone surrogate)") from None
+    if size is None or size > SOURCE_CAP:
         raise DetainError(f"`{name}` must be a string of at most {SOURCE_CAP} bytes")
     if "\0" in value:
         raise DetainError(f"`{name}` must not contain NUL characters")

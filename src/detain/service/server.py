@@ -8,9 +8,11 @@ submissions (service/worker.py).
 from __future__ import annotations
 
 import ipaddress
+import resource
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ class HttpOptions:
     broker: str | None = None
     callback_allow: tuple[str, ...] = ()
     redeliver: float = 120.0
+    keep: float = 86400.0
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -115,17 +118,62 @@ def serve_http(options: HttpOptions) -> int:
     print(f"detain serve: HTTP on http://{options.listen} ({mode}; store "
           f"{_redact(str(parts.store.engine.url))}); Ctrl-C stops it", file=sys.stderr,
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=5))
+    connections = _raise_open_files()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level="critical", access_log=False, lifespan="off",
+        timeout_graceful_shutdown=5, http=_header_deadline(), timeout_keep_alive=5,
+        limit_concurrency=connections, h11_max_incomplete_event_size=64 << 10))
     server.capture_signals = lambda: _stopping(server)  # type: ignore[method-assign]
+    forgetting = threading.Event()
+    threading.Thread(target=_forget, args=(parts.store, options.keep, forgetting),
+                     daemon=True, name="detain-forget").start()
     try:
         server.run()
     finally:
+        forgetting.set()
         dispatcher.close()
         parts.store.close()
     print("detain serve: stopped", file=sys.stderr)
     return 0
+
+
+HEADER_SECONDS = 10.0  # a client has this long to send a request's headers
+
+
+def _header_deadline():
+    """uvicorn's HTTP protocol, with a deadline for a new connection's first request: by
+    default a connection that trickles a header line every few seconds is held forever,
+    and a few thousand such (slowloris) took every file descriptor. The keep-alive timer,
+    which the protocol already cancels when a request arrives, is armed on connect."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                HEADER_SECONDS, self.timeout_keep_alive_handler)
+    return HeaderDeadline
+
+
+def _raise_open_files() -> int:
+    """Open files up to the hard limit; connections and requests served at once are held
+    to a quarter of it (uvicorn answers the rest 503), the rest for runs and the store."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        wanted = soft
+    return max(64, min(4096, wanted // 4))
+
+
+def _forget(store, keep: float, stop: threading.Event) -> None:
+    """Results older than `keep` seconds are deleted, once a minute."""
+    while not stop.wait(60.0):
+        try:
+            store.forget(keep)
+        except Exception:  # a store that is down now is retried next minute
+            pass
 
 
 @contextmanager

@@ -11,6 +11,7 @@ sent it): a token reads and deletes only its own submissions.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    func,
     insert,
     select,
     update,
@@ -60,6 +62,7 @@ class Store:
         options: dict[str, Any] = {}
         if url.startswith("sqlite"):
             options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            _private_file(url.partition(":///")[2])
         self.engine: Engine = create_engine(url, **options)
         self._sqlite_lock = threading.Lock() if url.startswith("sqlite") else None
         metadata.create_all(self.engine)
@@ -121,6 +124,20 @@ class Store:
         with self.engine.connect() as conn:
             return [row.token for row in conn.execute(query)]
 
+    def waiting(self, owner: str) -> int:
+        """How many of `owner`'s submissions are queued or running."""
+        query = select(func.count()).select_from(submissions).where(
+            submissions.c.owner == owner, submissions.c.state != DONE)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def forget(self, seconds: float) -> int:
+        """Delete results finished more than `seconds` ago (the store is not an archive)."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=seconds)).strftime(STAMP)
+        with self._write() as conn:
+            return conn.execute(delete(submissions).where(
+                submissions.c.state == DONE, submissions.c.finished_at < cutoff)).rowcount
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(submissions.c.state))
@@ -137,6 +154,18 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _private_file(path: str) -> None:
+    """The SQLite file (every tenant's code and output) readable by this user alone; SQLite
+    gives its journal the same mode."""
+    if not path or path == ":memory:":
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _record(row: Any) -> dict[str, Any]:

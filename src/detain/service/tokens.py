@@ -7,7 +7,8 @@ The tokens file is the operator's (trusted, like `--policy`), TOML:
     timeout = 10            # any policy setting: this token's ceiling
     memory = "256M"
     network = { allow = ["pypi.org:443"] }
-    rate = 20               # submissions per second (burst: twice that)
+    rate = 20               # requests per second, a batch counting each of its items
+    queue = 64              # submissions waiting or running at once (default 64)
 
 A client sends its token in `X-Auth-Token` (Judge0's header). Its ceiling is the server's
 policy with the token's settings applied; a submission may only tighten it (judge0.py).
@@ -31,6 +32,7 @@ from ..policy import Policy, PolicyError, load_toml
 
 ANONYMOUS = "anonymous"
 DEFAULT_RATE = 50.0
+DEFAULT_QUEUE = 64
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Caller:
     name: str
     ceiling: Policy
     rate: float
+    queue: int = DEFAULT_QUEUE  # unfinished submissions at once: one caller never fills it
 
 
 class Tokens:
@@ -67,15 +70,14 @@ class Tokens:
                 raise DetainError(f"tokens file {path}: [tokens.{name}] must be a table")
             settings = dict(settings)
             digest = _digest(settings, f"{path}: tokens.{name}")
-            rate = settings.pop("rate", DEFAULT_RATE)
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
-                raise DetainError(f"{path}: tokens.{name}.rate: expected submissions per "
-                                  "second, a number above 0")
+            rate = _positive(settings.pop("rate", DEFAULT_RATE), f"{path}: tokens.{name}.rate")
+            queue = _positive(settings.pop("queue", DEFAULT_QUEUE),
+                              f"{path}: tokens.{name}.queue")
             try:
                 ceiling = base.merge(settings, f"{path}: tokens.{name}")
             except PolicyError as exc:
                 raise DetainError(str(exc)) from None
-            self._digests[digest] = Caller(str(name), ceiling, float(rate))
+            self._digests[digest] = Caller(str(name), ceiling, float(rate), int(queue))
 
     def caller(self, token: str | None) -> Caller | None:
         """The caller a token names; None when it names none (or is needed and missing)."""
@@ -95,6 +97,11 @@ class Tokens:
             return self.anonymous
         return next((c for c in self._digests.values() if c.name == name), None)
 
+    def stranger(self, address: str) -> Caller:
+        """A client that gave no valid token, as a caller of its own for the rate limit:
+        guessing tokens costs time."""
+        return Caller(f"unauthenticated {address}", self.anonymous.ceiling, 5.0, 0)
+
     def admit(self, caller: Caller, cost: int = 1) -> bool:
         """A token bucket per caller: `rate` a second, bursts up to twice that."""
         with self._lock:
@@ -106,6 +113,13 @@ class Tokens:
                 return False
             self._buckets[caller.name] = (level - cost, moment)
             return True
+
+
+def _positive(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 < value < 1e9:
+        raise DetainError(f"{where}: expected a number above 0, got {value!r}")
+    return value
 
 
 def _digest(settings: dict, where: str) -> bytes:
