@@ -9,6 +9,8 @@ time, counting the jobs finished per second:
     process with fresh confinement (a zygote's fork where it serves the policy).
 Then, with one caller and no pause between runs, the median latency of each: the
 warm API against the bare interpreter (back to back, so a spare must be ready in time).
+Last, what relaying output costs: a job writing 8 MiB to stdout against `pass`, through
+the warm API and through a pipe from the bare interpreter, in ms per MiB over bare.
 
     python bench/throughput.py [--seconds S] [--callers C] [--backend NAME ...]
 """
@@ -99,6 +101,35 @@ def latency(job, runs: int) -> float:
     return statistics.median(samples)
 
 
+RELAY_MB = 8
+RELAY = f"import sys; sys.stdout.buffer.write(b'x' * ({RELAY_MB} << 20))"
+
+
+def relay_cost(backend: str) -> tuple[float, float]:
+    """ms per MiB of stdout through the warm API, and through a pipe from bare Python."""
+    policy = detain.Policy().merge({"backend": backend, "output": f"{RELAY_MB * 2}M"}, "bench")
+
+    def bare(code: str):
+        return lambda: subprocess.run([*bare_command()[:-1], code], stdout=subprocess.PIPE,
+                                      check=True)
+
+    def api(box: detain.Sandbox, code: str) -> float:
+        samples = []
+        for _ in range(9):
+            box.wait_warm()  # a spare ready, the last run's remains removed: not timed
+            started = time.perf_counter()
+            result = box.run(detain.Job.code(code))
+            samples.append(time.perf_counter() - started)
+            if result.status != 0:
+                raise SystemExit(f"detain: {result.error or result.stderr!r}")
+        return statistics.median(samples)
+
+    with detain.Sandbox(policy, warm=1) as box:
+        detain_ms = (api(box, RELAY) - api(box, "pass")) * 1e3 / RELAY_MB
+    bare_ms = (latency(bare(RELAY), 9) - latency(bare("pass"), 9)) * 1e3 / RELAY_MB
+    return detain_ms, bare_ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -130,6 +161,10 @@ def main() -> None:
             warm_ms = latency(job, 20)
         print(f"{'':>22} back to back: warm {warm_ms * 1e3:.1f} ms, bare {bare_ms * 1e3:.1f}"
               f" ms, {warm_ms / bare_ms:.2f}x bare (target <= 0.5x)")
+    if names:
+        detain_ms, bare_ms = relay_cost(names[0])
+        print(f"output relayed, {names[0]} API: {detain_ms:.2f} ms/MiB, bare {bare_ms:.2f} "
+              f"ms/MiB, {detain_ms - bare_ms:+.2f} ms/MiB over bare (target <= 0.5)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ namespace per run would need the zygote inside one of its own).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -42,6 +43,7 @@ DEV_LINKS = (("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
              ("pts/ptmx", "/dev/ptmx"), ("/proc/kcore", "/dev/core"))
 REMOUNTED = ("/tmp", "/dev/shm", SCRATCH)  # each run mounts a fresh tmpfs there
 START_SECONDS = 30.0
+PIPE_BYTES = 1 << 20  # a run's stdout and stderr pipes (the kernel's default is 64 KiB)
 LABEL_ROOM = 128  # as guest/zygote.py writes a run's label over it
 
 
@@ -126,6 +128,11 @@ class Zygote:
     def fork(self, ctx: RunContext, started: Started) -> ForkedProcess:
         """Have the zygote clone this run's sandbox process (Backend.start's `forker`)."""
         pipes = [os.pipe() for _ in range(3)]
+        for _, write_end in pipes[1:]:  # fewer wake-ups relaying a job's output
+            try:
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size for an ordinary user: the default
         ours = [pipes[0][1], pipes[1][0], pipes[2][0]]  # stdin's write end, output's read
         theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
         try:
