@@ -56,6 +56,7 @@ SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126, "ll_create": 444,
 LIST, ITEM = "\x1e", "\x1f"  # separators of list fields and of an item's parts
 LABEL_ROOM = 128  # bytes of blank argument the host leaves for a run's label (show_label)
 JOB_FDS = 5  # a run's fds after set-up: stdin, stdout, stderr, channel (3), job (4)
+PROC_COVERED = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 RECENT = 8  # runs whose pid namespace the zygote holds a while
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -163,6 +164,9 @@ def ns_init(config, request, uid):
     mount("tmpfs", config["scratch"], "tmpfs", MS_NOSUID | MS_NODEV,
           "mode=0700,size=%s%s" % (size, owner))
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in PROC_COVERED:  # read-only over themselves, as bwrap's --proc leaves them
+        if os.path.exists(path):
+            bind(path, path, True)
     for path in config["masked"].split(LIST):
         if path and os.path.exists(path):
             bind("/dev/null", path, True)
