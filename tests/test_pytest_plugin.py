@@ -134,7 +134,43 @@ def test_hostile_project_runs_only_inside_the_sandbox(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr  # pytest's own status, inside
     assert "1 failed, 1 passed" in done.stdout
     assert "detain: pytest exited with status 1 on bwrap" in done.stderr
-    assert "sets pythonpath" in done.stderr  # what pytest applied before the plugin loaded
+
+
+@pytest.mark.slow
+def test_project_addopts_cannot_turn_the_session_back_to_the_host(tmp_path):
+    """`-V` or `--debug=PATH` in the project's addopts: the takeover comes first, so neither
+    the version-only path (which once ran the whole suite on the host) nor pytest's debug
+    file happens here."""
+    require("bwrap")
+    canary = tmp_path / "canary"
+    debug = Path(f"/tmp/detain-plugin-debug-{os.getpid()}.log")  # exists inside, in its /tmp
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_host.py").write_text(HOSTILE_CODE.format(canary=str(canary))
+                                          + "\ndef test_one():\n    pass\n")
+    (project / "pytest.ini").write_text(f"[pytest]\naddopts = -V --debug={debug}\n")
+    done = pytest_in(project, "--detain", "--detain-backend=bwrap", "-q", timeout=180)
+    try:
+        assert not canary.exists(), "the project's tests ran on the host"
+        assert not debug.exists(), "pytest wrote its debug file on the host"
+        assert "detain: pytest exited with status 0 on bwrap" in done.stderr, done.stderr
+    finally:
+        debug.unlink(missing_ok=True)
+
+
+def test_project_code_pytest_imported_first_is_refused(tmp_path):
+    """pytest imports `-p` plugins of the project's addopts (on its pythonpath) before any
+    entry-point plugin: that code ran on the host, and the run is refused, not reported."""
+    canary = tmp_path / "canary"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "evil.py").write_text(HOSTILE_CODE.format(canary=str(canary)))
+    (project / "test_one.py").write_text("def test_one():\n    pass\n")
+    (project / "pytest.ini").write_text("[pytest]\npythonpath = .\naddopts = -p evil\n")
+    done = pytest_in(project, "--detain", "--detain-backend=bwrap", "-q")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "pytest imported evil from" in done.stderr and "refusing to go on" in done.stderr
+    assert "passed" not in done.stdout
 
 
 @pytest.mark.slow

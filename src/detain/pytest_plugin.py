@@ -3,15 +3,14 @@
 Without `--detain` the plugin does nothing: its module imports nothing pytest has not
 already imported, and its hooks return at once.
 
-With `--detain`, pytest on the host only parses the command line; the suite runs in a
-sandbox through `detain pytest`, in-process (same policy, output, summary and exit status):
+With `--detain` on the command line of `pytest` (or `python -m pytest`), the plugin takes
+the session over the moment pytest loads it, before pytest has finished reading its
+arguments: it replaces the pytest process with `python -I -m detain pytest` and the
+caller's arguments. Nothing pytest would do next happens on the host: no conftest.py, no
+test module, no `--debug` file, no project `addopts` such as `-V` that would otherwise
+change the course of the session. detain starts isolated (`-I`), so no project directory
+is on its `sys.path`.
 
-- The project's `conftest.py` files never run on the host. pytest imports them in
-  `pytest_load_initial_conftests`, before `pytest_cmdline_main`; this plugin's `tryfirst`
-  implementation of that hook runs before pytest's own (entry-point plugins are registered
-  after pytest's builtins, and pluggy calls the later one first) and sets `noconftest`, so
-  pytest loads no conftest at all. Its `pytest_cmdline_main` then hands the session to
-  detain before any collection, and returns detain's exit status.
 - Only the caller configures the run: the `--detain*` options are read from the caller's
   own command line and `PYTEST_ADDOPTS`, never from the project's `addopts` (the project's
   pytest.ini / pyproject.toml / tox.ini / setup.cfg is hostile input). The policy is then
@@ -20,16 +19,18 @@ sandbox through `detain pytest`, in-process (same policy, output, summary and ex
 - The sandbox's pytest gets the same arguments minus the `--detain*` options, plus
   `-p no:detain`: should detain be installed in there too, its plugin cannot load, so the
   session cannot recurse.
-- detain's own modules are imported after the project's ini `pythonpath` entries are taken
-  off `sys.path` again, so no project file can stand in for one of them.
+- Before it takes over, the plugin checks whether pytest has already imported a module
+  from the project (pytest applies the ini's `pythonpath` and imports `-p` plugins named
+  in `addopts` before it loads this plugin). If it has, project code ran on this host:
+  the plugin says which modules and exits 2 rather than report a run that looks clean.
+- Called as `pytest.main([...])` from another program, the plugin cannot replace the
+  process: its hooks then keep conftest.py out (`noconftest`, set in a `tryfirst`
+  `pytest_load_initial_conftests`) and hand the session to detain in-process.
 
-What no plugin can prevent: pytest reads the project's configuration file before it loads
-any plugin. If that file sets `pythonpath` or loads plugins with `-p` in `addopts`, pytest
-may have imported modules of the project on the host by the time this plugin runs (the
-plugin then warns); `addopts = -p no:detain` keeps the plugin from loading at all, and
-pytest imports conftest.py on the host before it stops at the unknown `--detain`. Starting
-pytest as `python -m pytest` puts the current directory first on `sys.path` for pytest's
-own imports. For a project you have not read, `detain pytest` starts no pytest on the host.
+What no plugin can prevent: a project's configuration that keeps the plugin from loading
+at all (`addopts = -p no:detain`, `--disable-plugin-autoload`) makes pytest import its
+conftest.py on the host, which may even mimic detain's output. For a project you have not
+read, `detain pytest` starts no pytest on the host.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import sys
 import pytest
 
 ENTRY_POINT = "detain"  # the pytest11 entry point's name, blocked inside the sandbox
+ASKS_PYTEST_ITSELF = ("-h", "--help", "-V", "--version")  # the caller's own, answered here
 OPTIONS = (  # this plugin's options with a value: the `detain pytest` option each becomes
     ("--detain-backend", "--backend", "NAME", "a backend from `detain doctor` (default: auto)"),
     ("--detain-policy", "--policy", "FILE", "a TOML policy file (over your own "
@@ -141,3 +143,56 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     from .cli.main import main
 
     return main(argv)
+
+
+def _started_as_pytest() -> bool:
+    """`pytest …` or `python -m pytest …`: sys.argv is then the caller's command line."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return program in ("pytest", "py.test") or sys.argv[0].endswith(
+        os.path.join("pytest", "__main__.py"))
+
+
+def _project_modules(project: str) -> list[str]:
+    """Modules pytest has imported from the project dir (not from an environment in it)."""
+    root = os.path.realpath(project) + os.sep
+    environments = {os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix)}
+    ours = os.path.dirname(os.path.realpath(__file__)) + os.sep
+    found = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        real = os.path.realpath(path)
+        if real.startswith(root) and not real.startswith(ours) \
+                and not any(real.startswith(env) for env in environments):
+            found.append(name)
+    return sorted(found)
+
+
+def _take_over() -> None:
+    """`pytest --detain …` becomes `detain pytest …` now, before pytest goes on."""
+    import shlex
+
+    if not _started_as_pytest():
+        return
+    active, options, rest = split_args([*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+                                        *sys.argv[1:]])
+    if not active or any(arg in ASKS_PYTEST_ITSELF for arg in rest):
+        return
+    project = os.getcwd()
+    loaded = _project_modules(project)
+    if loaded:
+        sys.stderr.write(
+            f"detain: error: pytest imported {', '.join(loaded[:8])} from {project} on this "
+            "host before detain's plugin loaded (the project's pytest configuration: "
+            "pythonpath, or -p in addopts), so the project's code already ran here; refusing "
+            "to go on. For a project you have not read, run `detain pytest`\n")
+        sys.stderr.flush()
+        os._exit(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-I", "-m", "detain", "pytest", *options,
+                              project, "--", "-p", f"no:{ENTRY_POINT}", *rest])
+
+
+_take_over()

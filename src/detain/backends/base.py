@@ -440,7 +440,10 @@ class Backend:
         from ..report.outside_trace import merge
 
         own = (*ctx.interpreter.bind_dirs, str(LAUNCHER.parent), str(ctx.run.path))
-        merge(result.behaviour, tracer.collect(), own)
+        setup = merge(result.behaviour, tracer.collect(), own, ctx.policy.wants_packages)
+        if setup:
+            result.notes.append(f"outside trace: {setup} syscall(s) of detain's own "
+                                "requirements install (pip, before the job) left out")
         if result.assurance:
             result.assurance["outside_trace"] = (
                 f"ptrace tracer outside the sandbox (uid {os.geteuid()}): exec, open, "

@@ -1,10 +1,13 @@
 """Inside the sandbox: run a project's pytest suite and keep a timeline of its tests.
 
 Run by the launcher as the job: `pytest_driver.py PROJECT TIMELINE [PYTEST_ARGS...]`.
-PROJECT is the read-only mount of the project; it is copied (by one `cp` process, so the
-audit hook reports one event, not one per file) into the writable scratch dir, where the
-suite runs and may write whatever it likes. A tiny plugin appends one JSON line per test
-to TIMELINE: its node id, outcome, and start/end on both clocks. The host uses it to tie
+PROJECT is the read-only mount of the project; it is copied into the writable scratch dir,
+where the suite runs and may write whatever it likes. The driver claims its own code as
+detain's (`detain.guest`, honoured once, before any project code runs; just after it
+imports pytest, whose import event aligns the clocks) and copies in process, so neither
+its file events nor a `cp` process could show up as something the project did (the
+verdict once called every suite malicious-looking for it). A tiny plugin appends one
+JSON line to TIMELINE: its node id, outcome, and start/end on both clocks. The host uses it to tie
 each behaviour event to the test that was running. The driver records the monotonic time
 just before it imports pytest, which the host matches with the audit hook's `import
 pytest` event to align the hook's clock with this timeline.
@@ -17,7 +20,7 @@ process exits with pytest's own exit status.
 
 import json
 import os
-import subprocess
+import shutil
 import sys
 import time
 
@@ -26,12 +29,25 @@ SKIP = (".git", ".hg", ".tox", ".nox", ".venv", "venv", "__pycache__", ".pytest_
 
 
 def copy_project(source, dest):
+    """Files as the job's own (writable, default modes), links as links, never followed."""
     os.makedirs(dest)
-    names = [n for n in os.listdir(source) if n not in SKIP]
-    if names:
-        subprocess.run(["cp", "-R", "--no-preserve=mode,ownership", "-t", dest,
-                        *[os.path.join(source, n) for n in names]], check=True)
-    subprocess.run(["chmod", "-R", "u+w", dest], check=True)
+    for root, dirs, files in os.walk(source):
+        if root == source:
+            dirs[:] = [d for d in dirs if d not in SKIP]
+            files = [f for f in files if f not in SKIP]
+        target = os.path.join(dest, os.path.relpath(root, source))
+        for name in list(dirs):
+            if os.path.islink(os.path.join(root, name)):
+                dirs.remove(name)
+                files.append(name)
+            else:
+                os.makedirs(os.path.join(target, name), exist_ok=True)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                os.symlink(os.readlink(path), os.path.join(target, name))
+            elif os.path.isfile(path):
+                shutil.copyfile(path, os.path.join(target, name))
 
 
 class Timeline:
@@ -68,16 +84,17 @@ class Timeline:
 
 def main():
     project, timeline, *args = sys.argv[1:]
-    workdir = os.path.join(os.getcwd(), "project")
-    copy_project(project, workdir)
-    os.chdir(workdir)
-    sys.path.insert(0, workdir)
     os.makedirs(os.path.dirname(timeline), exist_ok=True)
     with open(timeline, "a", encoding="utf-8") as handle:
         plugin = Timeline(handle)
         plugin.write({"calibrate": "pytest", "mono": time.monotonic(), "wall": time.time()})
-        import pytest
+        import pytest  # the hook's `import pytest` event, while this file is the job's
 
+        sys.audit("detain.guest", __file__)  # from here on, the driver's own work is detain's
+        workdir = os.path.join(os.getcwd(), "project")
+        copy_project(project, workdir)
+        os.chdir(workdir)
+        sys.path.insert(0, workdir)
         code = pytest.main(["-p", "no:cacheprovider", *args], plugins=[plugin])
     sys.exit(int(code))
 

@@ -104,17 +104,24 @@ def _outcome(result: Any) -> str:
     return f"failed: {_text(result)}" if result is not None else "unfinished"
 
 
-def parse(trace: str, quiet: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[str],
-                                                              int | None]:
-    """Events, integrity flags and the hooked interpreter's pid from the tracer's records.
+def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
+          ) -> tuple[list[dict[str, Any]], list[str], int | None, int]:
+    """Events, integrity flags, the hooked interpreter's pid and how many records were
+    detain's own set-up, from the tracer's records.
 
     The hooked interpreter is the first process the sandbox execs (the launcher): the
-    job's code only runs after it, so no job can choose which pid that is."""
+    job's code only runs after it, so no job can choose which pid that is. `installs`: the
+    launcher installs the policy's requirements before the job (guest/deps.py); its one
+    pip process, the launcher's first child exec'ing pip, and that pip's descendants are
+    detain's set-up, counted apart. Only the first such exec counts, and only when there
+    are requirements: by then no code of the job has run, so it cannot pose as it."""
     lines = trace.split("\n")  # not splitlines(): only the tracer's "\n" ends a record
     if not lines or lines[0] != HEADER:
-        return [], [f"{SOURCE}: not the tracer's output; no event was taken from it"], None
+        return [], [f"{SOURCE}: not the tracer's output; no event was taken from it"], None, 0
     merged = Merged(SOURCE)
     foreign, end, first_job = 0, None, None
+    setup: set[int] = set()
+    setup_records, setup_open = 0, installs
     for line in lines[1:]:
         if not line:
             continue
@@ -131,10 +138,19 @@ def parse(trace: str, quiet: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]]
         if record.get("type") != "syscall":
             continue
         pid = record.get("pid") if isinstance(record.get("pid"), int) else None
-        if first_job is None and record.get("syscall") in ("execve", "execveat") \
-                and record.get("result") == "ok":
+        ppid = record.get("ppid") if isinstance(record.get("ppid"), int) else None
+        execs = record.get("syscall") in ("execve", "execveat") and record.get("result") == "ok"
+        if first_job is None and execs:
             first_job = pid
             continue  # detain's own exec of the launcher
+        if setup_open and execs and ppid == first_job and _is_setup_pip(record.get("argv")):
+            setup_open = False
+            setup.add(pid)
+        elif ppid in setup and pid is not None:
+            setup.add(pid)
+        if pid in setup:
+            setup_records += 1
+            continue
         found = classify(record, quiet)
         if found is None:
             continue
@@ -160,7 +176,13 @@ def parse(trace: str, quiet: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]]
     elif isinstance(end.get("dropped"), int) and end["dropped"] > 0:
         flags.append(f"{SOURCE}: {end['dropped']} record(s) past the tracer's cap of "
                      f"{end.get('records')} were counted, not written")
-    return merged.events(), flags, first_job
+    return merged.events(), flags, first_job, setup_records
+
+
+def _is_setup_pip(argv: Any) -> bool:
+    """guest/deps.py's command: `PYTHON -I WHEEL/pip install --isolated --no-index …`."""
+    return isinstance(argv, list) and len(argv) > 5 and argv[1:2] == ["-I"] \
+        and str(argv[2]).endswith("/pip") and argv[3:5] == ["install", "--isolated"]
 
 
 def _hook_key(event: dict[str, Any]) -> tuple[str, str] | None:
@@ -174,10 +196,12 @@ def _hook_key(event: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = ()) -> None:
+def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = (),
+          installs: bool = False) -> int:
     """Add the trace's events to a Result's behaviour, each observation counted once;
-    `quiet`: the interpreter's dirs, whose reads are its own loading."""
-    kernel, flags, hooked = parse(trace, quiet)
+    `quiet`: the interpreter's dirs, whose reads are its own loading; `installs`: see
+    parse. Returns how many records were detain's own set-up, left out."""
+    kernel, flags, hooked, setup = parse(trace, quiet, installs)
     events = behaviour.setdefault("events", [])
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
     spawns = [e for e in events if e["category"] == "process"]
@@ -200,6 +224,7 @@ def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = ()) ->
         integrity = behaviour.setdefault("integrity", {"flags": []})
         integrity["flags"] = [*integrity.get("flags", []), *flags]
         integrity["flags_total"] = integrity.get("flags_total", 0) + len(flags)
+    return setup
 
 
 def _link_spawn(event: dict[str, Any], spawns: list[dict[str, Any]]) -> None:
