@@ -162,6 +162,10 @@ class Sandbox:
         if spare is not None and spare.proc.poll() is not None:
             self._defer(lambda: self.backend.discard(spare))  # died waiting (OOM killer…)
             return None
+        if spare is not None and self._zygote is not None:
+            # A fork's replacement costs the run little, and confining it takes longer
+            # than a short job: it starts now, not after the run.
+            self._keep_warm()
         return spare
 
     def _keep_warm(self) -> None:

@@ -15,12 +15,12 @@ reads its job, with confinement of its own, exactly as the sandbox tool would:
     its host, brings loopback up, and forks the job as pid 2. The job drops to the run's
     fresh uid, enters a new user namespace (uid 1000 inside), drops every capability and
     the bounding set, sets no_new_privs and loads the seccomp filter.
-  * mode `landlock`: a run is cloned (CLONE_PARENT) as the run's reaper (a child
-    subreaper that kills every descendant when the job's main process ends); as root it
-    mounts the run's size-capped scratch in a mount namespace of its own. The job joins
-    the run's cgroup, drops to the run's uid (as root), sets no_new_privs, enforces a
-    fresh Landlock ruleset (built here, for this run's scratch and job dir) and loads the
-    seccomp filter.
+  * mode `landlock`: a run is cloned (CLONE_PARENT) into the run's cgroup; as root it
+    mounts the run's size-capped scratch in a mount namespace of its own. Without a
+    cgroup it is the run's reaper (a child subreaper that kills every descendant when the
+    job's main process ends) and forks the job; with one it is the job. The job drops to
+    the run's uid (as root), sets no_new_privs, enforces a fresh Landlock ruleset (built
+    here, for this run's scratch and job dir) and loads the seccomp filter.
 
 The host speaks to the zygote over a SOCK_SEQPACKET socket: one configuration message,
 then `fork` requests (fields and the run's fds), answered `ok PID` or `error TEXT`, and
@@ -277,14 +277,17 @@ def landlock(config, request):
     os.close(ruleset)
 
 
-def landlock_reaper(config, request, uid):
-    """The run's reaper (mode landlock): as root, its own scratch tmpfs; then the job as
-    its child; every descendant killed when the job's main process ends."""
+def landlock_reaper(config, request, uid, cgroup):
+    """Mode landlock: as root, the run's own scratch tmpfs; then, where no cgroup holds the
+    run (detain ends a cgroup's every process, wherever they went), the run's reaper: the
+    job as its child, every descendant killed when the job's main process ends."""
     if uid is not None:
         check(libc.unshare(CLONE_NEWNS), "unshare")
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         mount("tmpfs", request["run"] + "/scratch", "tmpfs", MS_NOSUID | MS_NODEV,
               "mode=0700,size=%s,uid=%d,gid=%d" % (request["disk"], uid, uid))
+    if cgroup:
+        return
     check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
     job = os.fork()
     if job == 0:
@@ -348,13 +351,14 @@ def start_run(zygote, request, fds):
     for target, fd in enumerate(high):
         os.dup2(fd, target)  # dup2 clears close-on-exec, and nothing here execs anyway
     os.closerange(JOB_FDS, 1 << 16)  # nothing of the zygote's (its socket, other runs)
+    cgroup = len(fds) > JOB_FDS
     uid = int(request["uid"]) if request["uid"] else None
     if config["mode"] == "ns":
         check(libc.unshare(CLONE_NEWCGROUP), "unshare cgroup")
         ns_init(config, request, uid)
         os.chdir(config["scratch"])
     else:
-        landlock_reaper(config, request, uid)
+        landlock_reaper(config, request, uid, cgroup)
         os.chdir(request["run"] + "/scratch")
     if request["label"]:  # while /proc/self is ours to read (mounted; before Landlock)
         show_label(request["label"])
