@@ -128,7 +128,9 @@ def _memory(pid: int) -> bytes:
 
 
 def test_limits_hold_on_a_forked_run(zygote_backend):
-    with warm_box(zygote_backend, timeout=1, memory="128M", processes=8) as box:
+    # An ordinary user without a delegated cgroup holds memory per process only.
+    scope = {} if ROOT else {"limits_scope": "per-process"}
+    with warm_box(zygote_backend, timeout=1, memory="128M", processes=8, **scope) as box:
         endless = run(box, "while True: pass")
         greedy = run(box, "x = bytearray(1 << 30)")
         forks = run(box, "import os, time\n"
@@ -184,3 +186,14 @@ def test_spares_follow_the_callers():
             thread.join()
         assert box.wait_warm()
         assert len(box._spares) >= 2
+
+
+@pytest.mark.skipif(not ROOT, reason="creates an ordinary user to run as")
+def test_landlock_forks_as_an_ordinary_user():
+    """Unprivileged, a landlock run keeps the caller's uid and (without a delegated cgroup)
+    gets a reaper: the tests above, again, as an ordinary user."""
+    require("landlock")
+    from as_user import run_tests_as_user
+
+    run_tests_as_user("landlock and not holds_nothing and not ordinary_user",
+                      ["tests/test_zygote.py"])
