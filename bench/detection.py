@@ -13,6 +13,10 @@ versions. A package counts as *flagged* when it has at least one high-severity f
 The issue's goal: static recall >= 85% with <= 5% of benign packages flagged high.
 
     python bench/detection.py [--offline] [--dynamic] [--json FILE] [--cache DIR]
+                              [--benign-limit N] [--only NAME ...]
+
+`--dynamic` takes about 45 s a package (70 in all): `--benign-limit 10` keeps the first ten
+benign projects (every malicious sample still runs), `--only` names the packages to run.
 """
 
 from __future__ import annotations
@@ -52,9 +56,15 @@ def dynamic(sdist: Path, seconds: float) -> dict[str, Any]:
         report = json.loads(done.stdout)
     except ValueError:
         report = {}
-    verdict = report.get("verdict") if isinstance(report, dict) else None
-    level = verdict.get("level") if isinstance(verdict, dict) else None
-    return {"exit": done.returncode, "verdict": level if isinstance(level, str) else None}
+    if not isinstance(report, dict):
+        report = {}
+    verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else {}
+    level = verdict.get("level")
+    highs = [f"{p.get('phase')}: {e.get('summary')}"[:160] for p in report.get("phases") or []
+             for e in (p.get("report") or {}).get("events") or [] if e.get("severity") == "high"]
+    return {"exit": done.returncode, "verdict": level if isinstance(level, str) else None,
+            "reasons": verdict.get("reasons") or [], "dynamic_highs": highs[:5],
+            "decoys": bool(report.get("decoys")), "seconds": report.get("seconds")}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,7 +75,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append({"package": sample.name, "label": "malicious", "category": sample.category,
                      "what": sample.what, "sdist": sdist})
     rows += [{"package": spec, "label": "benign", "category": "popular", "sdist": sdist}
-             for spec, sdist in benign]
+             for spec, sdist in benign[:args.benign_limit]]
+    if args.only:
+        rows = [r for r in rows if r["package"] in args.only
+                or r["package"].split("==")[0] in args.only]
     for row in rows:
         highs = static(row["sdist"])
         row["static"] = bool(highs)
@@ -73,6 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["where"] = [f"{f['file']}:{f['line']} {f['rule']}" for f in highs[:5]]
         if args.dynamic:
             row.update(dynamic(row["sdist"], args.timeout))
+            print(f"{row['package']}: exit {row['exit']}, {row['verdict']}", file=sys.stderr,
+                  flush=True)
         row["sdist"] = str(row["sdist"])
     return {"rows": rows, "missing": missing, "dynamic": args.dynamic}
 
@@ -121,6 +136,18 @@ def render(result: dict[str, Any]) -> None:
     for row in good:
         if row["static"]:
             print(f"  benign flagged: {row['package']}: {', '.join(row['where'])}")
+    for row in bad if result["dynamic"] else ():
+        if row.get("exit") == 0 or row.get("exit") is None:
+            print(f"  dynamic miss: {row['package']} ({row['category']}): exit {row['exit']}, "
+                  f"verdict {row.get('verdict')} {row.get('note') or ''}")
+    for row in good if result["dynamic"] else ():
+        if row.get("exit") != 0 or row.get("verdict") != "clean" or row.get("dynamic_highs"):
+            print(f"  benign not clean: {row['package']}: exit {row['exit']}, verdict "
+                  f"{row.get('verdict')}; {'; '.join(row.get('reasons') or [])} "
+                  f"{'; '.join(row.get('dynamic_highs') or [])}")
+    if result["dynamic"]:
+        decoyed = sum(bool(r.get("decoys")) for r in rows)
+        print(f"  decoy credentials were present in {decoyed}/{len(rows)} dynamic runs")
     rules = Counter(rule for r in good for rule in r["rules"])
     if rules:
         print("  rules flagging benign packages: " + ", ".join(f"{k} x{v}" for k, v in
@@ -139,6 +166,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds per `detain package` run (default 600)")
     parser.add_argument("--json", type=Path, help="also write every row as JSON here")
+    parser.add_argument("--benign-limit", type=int, metavar="N",
+                        help="only the first N benign projects (every malicious sample runs)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=[],
+                        help="only these packages (sample names, or benign project names)")
     args = parser.parse_args()
     result = run(args)
     render(result)

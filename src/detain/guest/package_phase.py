@@ -63,6 +63,8 @@ CHILD_BOOT = """import os, sys
 def _detain_child_audit():
     if os.path.basename(sys.argv[0] if sys.argv else "") == "pip":
         return  # pip itself (and the pip installing build requirements): detain's tool
+    if os.environ.get("NETRC") == %r:
+        del os.environ["NETRC"]  # pip's alone: the package's code finds ~/.netrc as usual
     external = sys.modules["_frozen_importlib_external"]
     spec = external.spec_from_file_location("detain_guest_audit", %r)
     module = sys.modules["_frozen_importlib"].module_from_spec(spec)
@@ -70,6 +72,9 @@ def _detain_child_audit():
     module.install_child(%r, %r, %r)
 _detain_child_audit()
 """
+# pip reads ~/.netrc for index credentials: pointed elsewhere, it leaves the decoy one
+# (detain package's) untouched, so a read of it is always the package's code
+PIP_NETRC = os.devnull
 CHILD_NAMES = ("detain_child_audit.py", "detain-child-audit.pth")  # what audit_children adds
 CHILD_LOG_DIR = "audit-children"  # in the phase's scratch (working) dir
 CHILD_LOG_CAP = 4 << 20  # bytes relayed from all child processes together
@@ -104,7 +109,7 @@ def audit_children(prefix, work, tmp):
              os.path.join(work, "src") + os.sep]
     for site_dir in glob.glob(os.path.join(prefix, "lib", "python*", "site-packages")):
         with open(os.path.join(site_dir, CHILD_NAMES[0]), "w") as handle:
-            handle.write(CHILD_BOOT % (guest_path("audit"), log_dir, roots,
+            handle.write(CHILD_BOOT % (PIP_NETRC, guest_path("audit"), log_dir, roots,
                                        [tmp + os.sep, os.path.join(work, "src") + os.sep]))
         with open(os.path.join(site_dir, CHILD_NAMES[1]), "w") as handle:
             handle.write("import detain_child_audit\n")
@@ -158,11 +163,10 @@ def install(target_dir, artifact, pip_options):
             "install", "--isolated", "--target", target_dir, "--no-cache-dir",
             "--disable-pip-version-check", "--no-input", "--no-warn-script-location",
             "--progress-bar", "off", *pip_options, artifact]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": tmp, "HOME": work,
-           "LANG": "C.UTF-8"}
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+    # The phase's own environment (PATH, proxies, and the HOME of decoy credentials and
+    # the decoy variables detain package sets): setup.py must find what a developer has.
+    env = {"PATH": "/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", **os.environ,
+           "TMPDIR": tmp, "NETRC": PIP_NETRC}
     done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=False)
     relay_children(log_dir)
     installed = sorted(n[:-len(".dist-info")] for n in os.listdir(target_dir)

@@ -8,7 +8,9 @@ install phase has network, and only to the package index the user configured for
 backend and host allow it (bwrap as root), every phase is in a sinkhole network by default
 (net/sinkhole.py): install still reaches the index through the proxy, and whatever else a
 phase tries (a setup.py posting credentials, a DNS lookup) is answered and recorded
-instead of refused unseen. `--network none` turns it off.
+instead of refused unseen. `--network none` turns it off. Every phase's HOME holds decoy
+credentials the host planted (decoys.py): reading one, or sending its marker anywhere, is
+high and makes the verdict malicious-looking.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ..net.rules import parse_rules
 from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
 from ..report.verdict import allowed_of, decide, signals, verdict
 from ..result import Result
+from .decoys import HOME as DECOY_HOME
+from .decoys import Decoys, plant
 from .fetch import fetch
 from .index import IndexConfig, pin_hosts, read_config
 from .own import PHASE_SCRIPT, Own
@@ -55,11 +59,14 @@ def phase_outcome(result: Result) -> dict[str, Any] | None:
     return None
 
 
-def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None) -> dict:
+def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
+                 decoys: Decoys | None = None) -> dict:
     """One phase in the package report: the common report (issue 7's schema) plus outcome."""
     from ..report.build import build_report, summarise
 
     report = build_report(result, scan, relative_to=SITE_MOUNT + "/")
+    for event in report["events"] if decoys is not None else ():
+        mark_decoy(event, decoys)  # before Own: a decoy touched is never detain's doing
     is_own = Own(name, report["events"], allowed_of(report["policy"]))
     own = [e for e in report["events"] if is_own(e)]
     report["events"] = [e for e in report["events"] if not is_own(e)]
@@ -77,6 +84,17 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None) 
             "report": report,
             "output_tail": (stdout[-2000:] + result.stderr[-3000:]).decode("utf-8",
                                                                              "replace")}
+
+
+def mark_decoy(event: dict[str, Any], decoys: Decoys) -> None:
+    """Tag an event that touched a planted decoy (`decoy: read`) or carried its marker
+    (`decoy: sent`): high, whatever its category's usual severity."""
+    detail = event.get("detail") or {}
+    path = str(detail.get("path") or detail.get("target") or "")
+    if event.get("category") in ("file-read", "file-write", "fd") and decoys.is_decoy(path):
+        event.update(decoy="read", severity="high")
+    elif event.get("category") in ("network", "process") and decoys.carried_by(event):
+        event.update(decoy="sent", severity="high")
 
 
 def _index_access(config: IndexConfig, policy: Policy) -> tuple[tuple[Mount, ...], list[str]]:
@@ -100,7 +118,7 @@ def _index_access(config: IndexConfig, policy: Policy) -> tuple[tuple[Mount, ...
 
 
 def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path,
-            scan: dict[str, Any] | None = None) -> dict:
+            scan: dict[str, Any] | None = None, decoys: Decoys | None = None) -> dict:
     out = work / "installed"
     out.mkdir()
     index_mounts, pip_options = _index_access(config, policy)
@@ -112,17 +130,24 @@ def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path,
                            copy_out=(CopyOut(TARGET, out),))
     job = Job.script(PHASE_SCRIPT, "install", TARGET, inside, *pip_options)
     result = Sandbox(phase_policy).run(job)
-    report = phase_report("install", result, scan)
+    report = phase_report("install", result, scan, decoys)
     report["site"] = out  # copy-out puts the dir's contents in `out` itself
     return report
 
 
 def run_code(name: str, site: Path, policy: Policy, seconds: float,
-             scan: dict[str, Any] | None = None) -> dict:
+             scan: dict[str, Any] | None = None, decoys: Decoys | None = None) -> dict:
     phase_policy = replace(policy, allow_hosts=(), copy_out=(),
                            mounts=(*policy.mounts, Mount(site, SITE_MOUNT)))
     job = Job.script(PHASE_SCRIPT, name, SITE_MOUNT, str(seconds))
-    return phase_report(name, Sandbox(phase_policy).run(job), scan)
+    return phase_report(name, Sandbox(phase_policy).run(job), scan, decoys)
+
+
+def with_decoys(policy: Policy, decoys: Decoys) -> Policy:
+    """Every phase's policy: the decoy HOME shown read-only, its variables set (the
+    user's own --env wins over a decoy of the same name)."""
+    return replace(policy, mounts=(*policy.mounts, decoys.mount()),
+                   env={**decoys.environment(), **policy.env})
 
 
 def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 10.0,
@@ -160,19 +185,23 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
                    "seconds": round(time.monotonic() - started, 3)}
         say(f"scan {artifact.name} (static, nothing runs)")
         static = scan(unpack(artifact, work / "unpacked"))
-        say(f"install (sandboxed; network: the package index only{rest})")
-        installed = install(artifact, policy, config, work, static)
+        decoys = plant(work / "decoys")
+        policy = with_decoys(policy, decoys)
+        say(f"install (sandboxed; network: the package index only{rest}; decoy credentials "
+            f"in {DECOY_HOME})")
+        installed = install(artifact, policy, config, work, static, decoys)
         phases = [installed]
         site = installed.pop("site")
         if installed["status"] == 0 and site.is_dir():
             say(f"import every module (sandboxed; {'sinkhole' if sinkhole else 'no'} network)")
-            phases.append(run_code("import", site, policy, seconds, static))
+            phases.append(run_code("import", site, policy, seconds, static, decoys))
             if exercise:
                 say("exercise public functions (sandboxed; "
                     f"{'sinkhole' if sinkhole else 'no'} network)")
-                phases.append(run_code("exercise", site, policy, seconds, static))
+                phases.append(run_code("exercise", site, policy, seconds, static, decoys))
     return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
             "verdict": package_verdict(phases),
+            "decoys": decoys.describe(),
             "backend_choice": choice.describe() if choice else None,
             "seconds": round(time.monotonic() - started, 3),
             "index": {"urls": config.index_urls, "hosts": config.hosts}}

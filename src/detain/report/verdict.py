@@ -7,7 +7,8 @@ any source alike: the in-process audit hook, the host's proxy, a tracer outside 
 (`kernel/runtime`). What makes it *malicious-looking*, each a high signal:
 
 * credentials or keys read: ~/.aws, ~/.ssh, .netrc, keyrings, browser profiles, secret
-  environment variables;
+  environment variables; above all a decoy `detain package` planted (an event tagged
+  `decoy: read`), or the decoys' marker found in traffic or a command line (`decoy: sent`);
 * egress attempted: a connection, datagram or name lookup towards a host the policy did not
   allow (the in-sandbox proxy forwarder itself is the way out, not a destination);
 * a process other than the build's own: curl, sh ... (compilers, build tools, git and
@@ -155,6 +156,10 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
     category, name = event.get("category"), str(event.get("event"))
     detail = event.get("detail") or {}
     path = str(detail.get("path") or detail.get("target") or "")  # hook's, tracer's
+    if event.get("decoy") == "read":
+        return MALICIOUS, "decoy credentials read", path
+    if event.get("decoy") == "sent":
+        return MALICIOUS, "decoy credentials sent", str(event.get("summary") or name)[:160]
     if category == "env":
         if "name" in detail:
             return MALICIOUS, "secret read", f"environment variable {detail['name']}"
