@@ -106,7 +106,7 @@ def copy_out_dir_flood(bait: Bait) -> Attack:
        "caller keeps in HOST_DIR, to inherit its execute bits")
 def copy_out_exec_overwrite(bait: Bait) -> Attack:
     dest = bait.dir / "copied"
-    tool = bait.file("copied/out/tool", "#!/bin/sh\necho caller's tool\n", mode=0o755)
+    tool = bait.file("copied/tool", "#!/bin/sh\necho caller's tool\n", mode=0o755)
     before = os.stat(tool).st_ino
     body = """
     os.mkdir('out')
