@@ -28,6 +28,10 @@ from typing import Any
 from ..policy import Mount
 
 HOME = "/home/dev"  # HOME inside every phase: an ordinary developer's, not /scratch
+# Windows stealers find their places through these variables, set too (a Linux shell that
+# has them is odd, but a stealer that bails out on a missing variable shows nothing)
+APPDATA, LOCALAPPDATA = "AppData/Roaming", "AppData/Local"
+GENERIC_DIRS = (".config", "AppData", APPDATA, LOCALAPPDATA)  # listing them is not a read
 ALPHABET = string.ascii_letters + string.digits
 SCAN_CAP = 64 << 10  # characters of one event searched for the marker
 
@@ -55,9 +59,9 @@ class Decoys:
 
     def is_decoy(self, path: str) -> bool:
         """Whether a path the sandbox named is a planted file or a dir of them (~/.ssh
-        listed), not ~ or ~/.config themselves."""
+        listed), not ~ or the generic dirs (~/.config) themselves."""
         name = path[len(HOME) + 1:].rstrip("/") if path.startswith(HOME + "/") else ""
-        return bool(name) and name != ".config" and any(
+        return bool(name) and name not in GENERIC_DIRS and any(
             f == name or f.startswith(name + "/") for f in self.files)
 
     def carried_by(self, event: dict[str, Any]) -> bool:
@@ -121,7 +125,19 @@ def plant(dest: Path) -> Decoys:
         ".config/gcloud/active_config": "default\n",
         ".config/gh/hosts.yml": f"github.com:\n    oauth_token: {github}\n    user: dev\n"
                                 "    git_protocol: https\n",
+        ".bitcoin/wallet.dat": f"\0\0\0\0b1\x05\0{marker}{filler(40)}\n",
+        ".electrum/wallets/default_wallet": json.dumps({"keystore": {"type": "bip32",
+                                                        "xprv": f"xprv9s21Z{marker}{filler(90)}"}}),
+        ".config/Exodus/exodus.wallet/seed.seco": f"SECO\0{marker}{filler(60)}\n",
     }
+    # a browser profile, where Linux and (through %LOCALAPPDATA%) Windows stealers look
+    for profile in (".config/google-chrome/Default", f"{LOCALAPPDATA}/Google/Chrome/User Data"
+                    "/Default", ".config/chromium/Default"):
+        for name in ("Login Data", "Cookies", "Web Data"):
+            files[f"{profile}/{name}"] = (f"SQLite format 3\0https://accounts.google.com dev "
+                                          f"{marker}{filler(32)}\n")
+    files[f"{APPDATA}/discord/Local Storage/leveldb/000005.ldb"] = (
+        f"_https://discord.com\0\x01token\0\"mfa.{marker}{filler(68)}\"\n")
     home = dest / "home"
     for name, text in files.items():
         path = home / name
@@ -135,5 +151,6 @@ def plant(dest: Path) -> Decoys:
            "AWS_DEFAULT_REGION": "eu-west-1", "GITHUB_TOKEN": github,
            "NPM_TOKEN": f"npm_{marker}{filler(21)}",
            "OPENAI_API_KEY": f"sk-proj-{marker}{filler(33)}",
-           "DATABASE_URL": f"postgres://app:{marker}@db.internal:5432/app"}
+           "DATABASE_URL": f"postgres://app:{marker}@db.internal:5432/app",
+           "APPDATA": f"{HOME}/{APPDATA}", "LOCALAPPDATA": f"{HOME}/{LOCALAPPDATA}"}
     return Decoys(marker, home, tuple(sorted(files)), env)
