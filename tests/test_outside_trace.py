@@ -11,7 +11,7 @@ import pytest
 
 from conftest import require, run
 from detain.errors import ProtectionError
-from detain.report.outside_trace import parse
+from detain.report.outside_trace import merge, parse
 
 TRACED = ("bwrap", "landlock")
 
@@ -117,3 +117,115 @@ def test_parser_takes_nothing_but_tracer_records():
     assert any("not tracer records" in f for f in flags)
     assert any("closing record is missing" in f for f in flags)
     assert parse("garbage")[1]
+
+
+CLEAN = {"events": [], "integrity": {"flags": [], "flags_total": 0, "complete": True}}
+HEAD = '{"type":"outside-trace","version":1}\n'
+
+
+@pytest.mark.parametrize("trace", [
+    HEAD + '{"type":"end","records":5,"dropped":3,"dropped_vital":0,"cap":5,"reserve":1}\n',
+    HEAD + "not a record\n" + '{"type":"end","records":0,"dropped":0}\n',
+    HEAD])
+def test_any_loss_of_the_trace_makes_the_run_incomplete(trace):
+    behaviour = {"events": [], "integrity": dict(CLEAN["integrity"])}
+    merge(behaviour, trace)
+    assert behaviour["integrity"]["flags"] and behaviour["integrity"]["complete"] is False
+
+
+FLOOD = """
+import os
+open("f", "w").close()
+for i in range(18000):
+    os.chmod("f", 0o600 | (i & 1) * 0o4)
+os.waitpid(os.posix_spawn("/bin/sh", ["sh", "-c", "true"], os.environ), 0)
+"""
+
+
+def test_a_flood_past_the_cap_is_incomplete_and_keeps_a_later_exec(traced):
+    result = run(traced, FLOOD, trace="syscalls")
+    assert result.ok, result.stderr
+    integrity = result.behaviour["integrity"]
+    assert integrity["complete"] is False
+    assert any("past the tracer's cap" in f and "none of them an exec" in f
+               for f in integrity["flags"]), integrity["flags"]
+    execs = [e for e in kernel(result, "process") if e["detail"]["target"] == "/bin/sh"]
+    assert execs and execs[0]["detail"]["requested_at"] == "<string>:6"
+
+
+MEMFD = """
+import os
+fd = os.memfd_create("payload", 0)
+with open("/bin/true", "rb") as binary:
+    os.write(fd, binary.read())
+for path in (fd, f"/proc/self/fd/{fd}"):
+    pid = os.fork()
+    if pid == 0:
+        os.execve(path, ["payload"], {})
+    os.waitpid(pid, 0)
+"""
+
+
+def test_an_exec_of_a_memfd_is_fileless(traced):
+    result = run(traced, MEMFD, trace="syscalls")
+    assert result.ok, result.stderr
+    fileless = [e for e in kernel(result, "process") if e["detail"].get("fileless")]
+    assert {e["detail"]["syscall"] for e in fileless} == {"execve", "execveat"}
+    for event in fileless:
+        assert event["detail"]["target"] == "/memfd:payload (deleted)"
+        assert event["detail"]["process"] == "/memfd:payload (deleted)"
+        assert event["severity"] == "high"
+        assert event["summary"].startswith("fileless exec /memfd:payload")
+    by_path = {e["detail"]["path"]: e for e in fileless}
+    assert set(by_path) == {"", "/proc/self/fd/3"}
+    assert by_path[""]["detail"]["requested_at"] == "<string>:9"
+
+
+SPAWN_TWICE = """
+import os, subprocess
+subprocess.run(["sh", "-c", "true"])
+os.waitpid(os.posix_spawn("/bin/sh", ["sh", "-c", "exit 0"], os.environ), 0)
+subprocess.run(["sh", "-c", "exit 0"])
+"""
+
+
+def test_each_exec_names_its_own_spawn_line(traced):
+    result = run(traced, SPAWN_TWICE, trace="syscalls")
+    assert result.ok, result.stderr
+    lines = [e["detail"].get("requested_at") for e in kernel(result, "process")
+             if e["detail"]["target"].endswith("/sh")]
+    assert lines == ["<string>:3", "<string>:4", "<string>:5"]
+
+
+FORK = """
+import gc, json, os
+pid = os.fork()
+if pid == 0:
+    open("child", "w").close()
+    if REPLAY:
+        auditor = next(o for o in gc.get_objects() if type(o).__name__ == "Auditor")
+        for stream in (auditor.stream, "99"):
+            os.write(auditor.fd, (json.dumps({"type": "event", "seq": 1, "stream": stream,
+                     "event": "open", "category": "file", "args": {"path": "/fake"}})
+                     + "\\n").encode())
+    raise SystemExit(0)
+os.waitpid(pid, 0)
+open("parent", "w").close()
+"""
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_an_honest_fork_raises_no_flag_a_replay_does(traced, replay):
+    result = run(traced, f"REPLAY = {replay}\n" + FORK, trace="syscalls")
+    assert result.ok, result.stderr
+    integrity = result.behaviour["integrity"]
+    opens = {e["detail"].get("path"): e for e in result.behaviour["events"]
+             if e["event"] == "open"}
+    assert opens["child"]["line"] == 6 and opens["child"]["pid"] != 1
+    assert opens["parent"]["suspect"] is None
+    if not replay:
+        assert integrity["complete"] and not integrity["flags"], integrity
+        return
+    flags = " | ".join(integrity["flags"])
+    assert "sequence number 1 used twice" in flags and "announced by no fork" in flags
+    assert opens["child"]["suspect"] and not integrity["complete"]

@@ -178,6 +178,8 @@ class Auditor:
         self.guest_claimed = False
         self.nested = {}  # exec'd module code -> the code objects it defines
         self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
+        self.stream = None  # a forked process's label (after_fork); None: the launcher's
+        self.forking = None
 
     def classify(self, filename):
         """STDLIB, GUEST, JOB, DEPENDENCY or PSEUDO (`<string>`: made by exec/compile) for
@@ -350,7 +352,8 @@ class Auditor:
                     self.dropped[name] = self.dropped.get(name, 0) + value
             return
         event, category = record.get("event"), record.get("category")
-        if category == "setup" or WATCH.get(event) != category or not self.admit(event):
+        if (record.get("type") != "event" or category == "setup"
+                or WATCH.get(event) != category or not self.admit(event)):
             return
         mono = record.get("mono")
         via = record.get("via")
@@ -377,16 +380,18 @@ class Auditor:
             self.modules.append(str(summary.get("module")))
         now = time.monotonic()
         file, line, via, through = where
-        record = {"type": "event", "seq": next(self.seq),
-                  "t_us": int(((mono or now) - self.started) * 1e6),
-                  "event": event, "category": category, "file": file, "line": line,
-                  "args": summary}
+        record = self.numbered({"type": "event",
+                                "t_us": int(((mono or now) - self.started) * 1e6),
+                                "event": event, "category": category, "file": file,
+                                "line": line, "args": summary})
         if via:
             record["via"] = via
         if through:
             record["through"] = through
         if pid is not None:
             record["pid"] = pid
+        elif self.stream is not None:
+            record["pid"] = os.getpid()
         if self.roots is not None:  # a child's record, for the relay
             record.update(mono=now, pid=os.getpid())
         self.sent += 1
@@ -396,6 +401,33 @@ class Auditor:
             data = self.encode(record)
         self.bytes += len(data)
         self.write(data)
+
+    def numbered(self, record):
+        """`record` with this process's next sequence number (and its label, forked)."""
+        record["seq"] = next(self.seq)
+        if self.stream is not None:
+            record["stream"] = self.stream
+        return record
+
+    def before_fork(self):
+        """In the parent, about to fork: announce the child's numbering in this one's
+        sequence (the host accepts a forked process's records only so announced)."""
+        if not self.done:
+            record = self.numbered({"type": "fork"})
+            self.forking = record["seq"]
+            self.write(self.encode(record))
+
+    def after_fork(self):
+        """In the child: number its own records from 1 under the announced label, so the
+        parent's and the child's numbers never collide; its counts start afresh too."""
+        if self.done or self.forking is None:
+            return
+        label = str(self.forking)
+        self.stream = label if self.stream is None else "%s/%s" % (self.stream, label)
+        self.seq = itertools.count(1)
+        self.sent = self.observed = 0
+        self.dropped = {}
+        self.modules = []
 
     def encode(self, record):
         return (self.to_json(record) + "\n").encode("utf-8", "backslashreplace")
@@ -416,9 +448,9 @@ class Auditor:
             module = sys.modules.get(name)
             path = getattr(module, "__file__", None) if module is not None else None
             modules[name] = clip(path) if isinstance(path, str) else None
-        self.write(self.encode({"type": "done", "seq": next(self.seq), "sent": self.sent,
-                                "observed": self.observed, "dropped": self.dropped,
-                                "modules": modules}))
+        self.write(self.encode(self.numbered({"type": "done", "sent": self.sent,
+                                              "observed": self.observed,
+                                              "dropped": self.dropped, "modules": modules})))
 
 
 def clip(value):
@@ -546,6 +578,7 @@ def start(auditor):
     record_environ()
     sys.addaudithook(auditor.hook)
     atexit.register(auditor.finish)
+    os.register_at_fork(before=auditor.before_fork, after_in_child=auditor.after_fork)
     return auditor
 
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from ..errors import ProtectionError
+from ..report.events import SENSITIVE
 from . import seccomp
 from .privileges import _check, _libc
 from .tools import cache_dir
@@ -41,6 +43,7 @@ TRACED = ("execve", "execveat", "open", "openat", "openat2", "creat", "connect",
           "renameat2", "chmod", "fchmodat", "mkdir", "mkdirat", "symlink", "symlinkat",
           "link", "linkat")
 MAX_RECORDS = 20000
+RESERVE = 1000  # of them, kept each for execs, connections and sensitive opens
 STRING_CAP = 512
 TRACE_CAP = 16 << 20  # bytes of records read back (MAX_RECORDS records fit well under it)
 END_SECONDS = 10.0
@@ -108,8 +111,8 @@ class OutsideTrace:
             os.write(out, (HEADER + "\n").encode())
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", TRACER_BOOT, SOURCE_ROOT, str(out),
-                 str(request_read), str(go_write), str(MAX_RECORDS), str(STRING_CAP),
-                 machinery or "-", table],
+                 str(request_read), str(go_write), str(MAX_RECORDS), str(RESERVE),
+                 str(STRING_CAP), machinery or "-", table, json.dumps(SENSITIVE)],
                 env={}, pass_fds=(out, request_read, go_write), start_new_session=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except BaseException:

@@ -10,9 +10,16 @@ its exit stop for the outcome, and one JSON record is written. Every string come
 the job and is written only inside a JSON string, capped: no byte of the job's can start,
 end or shape a record.
 
-Arguments: OUTPUT_FD REQUEST_FD GO_FD MAX_RECORDS STRING_CAP MACHINERY NR=NAME,...
-MACHINERY is the sandbox tool the process first execs (bwrap), whose own processes are not
-the job's ('-': none, the first exec is the job's). Stdlib only, imports next to nothing.
+Arguments: OUTPUT_FD REQUEST_FD GO_FD MAX_RECORDS RESERVE STRING_CAP MACHINERY NR=NAME,...
+SENSITIVE. MACHINERY is the sandbox tool the process first execs (bwrap), whose own
+processes are not the job's ('-': none, the first exec is the job's). Of MAX_RECORDS,
+RESERVE each are kept for execs, for connections and for opens of SENSITIVE paths (a JSON
+list of substrings): a flood of chmods cannot push out a later exec. Stdlib only, imports
+next to nothing.
+
+At an exec's stop the new image is read from /proc/PID/exe: an image that is no file
+(`/memfd:NAME (deleted)`, a file deleted since) marks the record `fileless`, whatever
+path or descriptor (`execveat(fd, "", AT_EMPTY_PATH)`, /proc/self/fd/N) named it.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ PATHS = {"open": (0,), "creat": (0,), "openat": (1,), "openat2": (1,), "execve":
 DIRFD = {"openat": 0, "openat2": 0, "execveat": 0, "unlinkat": 0, "renameat": 0,
          "renameat2": 0, "fchmodat": 0, "mkdirat": 0, "linkat": 0}
 FLAGS = {"open": 1, "openat": 2}
+VITAL = {"execve": "exec", "execveat": "exec", "connect": "network", "bind": "network",
+         "listen": "network", "sendto": "network", "sendmsg": "network"}
+OPENS = ("open", "openat", "openat2", "creat")
 SOCKADDR = {"connect": (1, 2), "bind": (1, 2), "sendto": (4, 5)}
 
 
@@ -90,11 +100,16 @@ def read_memory(pid: int, address: int, size: int) -> bytes:
 
 
 class Tracer:
-    def __init__(self, output: int, cap_records: int, string_cap: int, machinery: str | None,
-                 names: dict[int, str]) -> None:
+    def __init__(self, output: int, cap_records: int, reserve: int, string_cap: int,
+                 machinery: str | None, names: dict[int, str],
+                 sensitive: tuple[str, ...] = ()) -> None:
         self.out = os.fdopen(output, "w", encoding="utf-8")
         self.cap, self.string_cap, self.machinery, self.names = (cap_records, string_cap,
                                                                  machinery, names)
+        self.reserve, self.sensitive = reserve, sensitive
+        self.ordinary = max(0, cap_records - reserve * (len(set(VITAL.values())) + 1))
+        self.reserved: dict[str, int] = {}  # vital kind -> records written past `ordinary`
+        self.dropped_vital = 0
         self.procs: dict[int, dict] = {}  # tid -> {"ppid", "exe", "job"}
         self.pending: dict[int, dict] = {}  # tid -> the record waiting for its exit stop
         self.early: set[int] = set()
@@ -149,6 +164,14 @@ class Tracer:
                 "utf-8", "backslashreplace"), "abstract": abstract}
         return {"family": family}
 
+    def image(self, pid: int) -> str | None:
+        """What `pid` runs now (/proc/PID/exe's target, capped), or None when unreadable."""
+        try:
+            target = os.readlink(f"/proc/{pid}/exe".encode())
+        except OSError:
+            return None
+        return target[:self.string_cap].decode("utf-8", "backslashreplace")
+
     def entry(self, pid: int, name: str, args: list[int]) -> dict:
         proc = self.procs.setdefault(pid, _proc(pid))
         record: dict = {"type": "syscall", "syscall": name, "pid": proc["tgid"],
@@ -181,10 +204,27 @@ class Tracer:
             record["mode"] = args[1 if name == "chmod" else 2] & 0o7777
         return record
 
+    def vital(self, record: dict) -> str | None:
+        """The kind of a record worth its reserve: an exec, a connection, a sensitive open."""
+        name = record.get("syscall")
+        if name in VITAL:
+            return VITAL[name]
+        if name in OPENS:
+            path = (record.get("paths") or [None])[0]
+            text = path.get("text") if isinstance(path, dict) else path
+            if isinstance(text, str) and any(s in text for s in self.sensitive):
+                return "sensitive"
+        return None
+
     def write(self, record: dict) -> None:
-        if self.written >= self.cap:
-            self.dropped += 1
-            return
+        if self.written >= self.ordinary:
+            kind = self.vital(record)
+            if kind is None or self.reserved.get(kind, 0) >= self.reserve \
+                    or self.written >= self.cap:
+                self.dropped += 1
+                self.dropped_vital += kind is not None
+                return
+            self.reserved[kind] = self.reserved.get(kind, 0) + 1
         self.written += 1
         self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
         if self.written % FLUSH_EVERY == 0:
@@ -198,6 +238,11 @@ class Tracer:
         proc = self.procs.get(pid)
         if record["syscall"] in ("execve", "execveat") and not is_error and proc is not None:
             exe = record.get("paths", [None])[0]
+            image = record.get("image")
+            if isinstance(image, str) and (image.startswith("/memfd:")
+                                           or image.endswith(" (deleted)")):
+                record["fileless"] = True
+                exe = image  # later records of this process name what it runs
             proc["exe"] = exe if isinstance(exe, str) else None
             if not proc["job"] and (self.machinery is None or exe != self.machinery):
                 proc["job"] = True
@@ -240,6 +285,8 @@ class Tracer:
                 former = message.value
                 if former != pid and former in self.pending:
                     self.pending[pid] = self.pending.pop(former)
+            if pid in self.pending:
+                self.pending[pid]["image"] = self.image(pid)
             return 0
         if event == EVENT_STOP:
             if sig in STOP_SIGNALS:
@@ -273,7 +320,9 @@ class Tracer:
         self.write_end()
 
     def write_end(self) -> None:
-        end = {"type": "end", "records": self.written, "dropped": self.dropped}
+        end = {"type": "end", "records": self.written, "dropped": self.dropped,
+               "dropped_vital": self.dropped_vital, "cap": self.cap,
+               "reserve": self.reserve}
         self.out.write(json.dumps(end) + "\n")
         self.out.close()
 
@@ -284,10 +333,11 @@ def _proc(pid: int) -> dict:
 
 
 def main() -> None:
-    output, request, go, cap, string_cap = (int(a) for a in sys.argv[2:7])
-    machinery = None if sys.argv[7] == "-" else sys.argv[7]
-    names = {int(nr): name for nr, name in (p.split("=") for p in sys.argv[8].split(","))}
-    tracer = Tracer(output, cap, string_cap, machinery, names)
+    output, request, go, cap, reserve, string_cap = (int(a) for a in sys.argv[2:8])
+    machinery = None if sys.argv[8] == "-" else sys.argv[8]
+    names = {int(nr): name for nr, name in (p.split("=") for p in sys.argv[9].split(","))}
+    sensitive = tuple(s for s in json.loads(sys.argv[10]) if isinstance(s, str))
+    tracer = Tracer(output, cap, reserve, string_cap, machinery, names, sensitive)
     with os.fdopen(request, "rb") as pipe:
         line = pipe.readline(32)
     if not line.strip().isdigit():

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..result import Result
-from .events import KERNEL
+from .events import KERNEL, with_flags
 from .excerpt import excerpt
 from .kernel_trace import parse_trace
 from .places import Places, same_file
@@ -103,16 +103,8 @@ def build_report(result: Result, scan: dict[str, Any] | None = None,
         "audit": bool(behaviour.get("audit")),
         "events": events,
         "verdict": verdict(events, allowed_of(result.policy)),
-        "integrity": _with_flags(behaviour.get("integrity", {"flags": []}), kernel.flags),
+        "integrity": with_flags(behaviour.get("integrity", {"flags": []}), kernel.flags),
     })
-
-
-def _with_flags(integrity: dict[str, Any], flags: list[str]) -> dict[str, Any]:
-    """The channel's integrity section plus the kernel trace's own flags."""
-    if not flags:
-        return integrity
-    total = integrity.get("flags_total", len(integrity.get("flags", []))) + len(flags)
-    return {**integrity, "flags": [*integrity.get("flags", []), *flags], "flags_total": total}
 
 
 def _assemble(body: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +141,15 @@ def combine(reports: list[dict[str, Any]], job: dict[str, Any],
         "timings": {**first["timings"], "wall_seconds": round(sum(
             r["timings"]["wall_seconds"] or 0 for r in reports), 4)},
         "integrity": {**first["integrity"], "flags": flags, "flags_total": sum(
-            r["integrity"].get("flags_total", 0) for r in reports)},
+            r["integrity"].get("flags_total", 0) for r in reports), **_complete(reports)},
         "verdict": verdict_})
+
+
+def _complete(reports: list[dict[str, Any]]) -> dict[str, bool]:
+    """Several runs are complete only when each one is (a run without the verdict is not)."""
+    if "complete" not in reports[0]["integrity"]:
+        return {}
+    return {"complete": all(r["integrity"].get("complete") is True for r in reports)}
 
 
 def scan_report(scan: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,8 @@ KERNEL = "kernel/runtime"
 MAX_EVENTS = 5000
 MAX_FLAGS = 20  # integrity flags listed; past that they are counted (a job can make millions)
 TEXT_CAP = 500
+STREAM_CAP = 200  # a forked process's label: seqs joined by '/'
+MAX_STREAMS = 1000  # processes whose numbering is followed (each costs host memory)
 PRE_JOB = ("ready", "hello", "audit", "deps")
 
 KNOWN_EVENTS = {
@@ -148,12 +150,12 @@ def collect(records: list[dict], channel_bytes: int = 0) -> dict[str, Any]:
     if audit is None:
         return {"audit": False, "events": [], "integrity": {
             "flags": ["no audit hook record: the launcher did not reach the job"],
-            "flags_total": 1}}
+            "flags_total": 1, "complete": False}}
     job_root = _text(audit.get("job_root")) or ""
     events: list[dict[str, Any]] = []
     flags = Flags()
-    by_seq: dict[int, list[dict[str, Any]]] = {}
-    expected, done, host_dropped = 1, None, 0
+    streams: dict[str | None, _Stream] = {None: _Stream()}
+    host_dropped = 0
     after_audit = False
     for record in records:
         kind = record.get("type")
@@ -165,24 +167,30 @@ def collect(records: list[dict], channel_bytes: int = 0) -> dict[str, Any]:
         if kind in PRE_JOB:
             flags.append(f"a second {_text(kind)!r} record after the job started (forged)")
             continue
-        seq = _int(record.get("seq"))
-        if kind not in ("event", "done") or seq is None:
+        seq, label = _int(record.get("seq")), record.get("stream")
+        if kind not in ("event", "done", "fork") or seq is None or not (
+                label is None or (isinstance(label, str) and len(label) <= STREAM_CAP)):
             flags.append(f"malformed record of type {_text(kind)!r} (forged or corrupted)")
             continue
         suspect = []
-        if done is not None:
-            suspect.append("after the launcher's final summary")
-        if seq in by_seq:
-            suspect.append(f"sequence number {seq} used twice")
-            for other in by_seq[seq]:
-                other["suspect"] = other.get("suspect") or f"sequence number {seq} used twice"
-        elif seq != expected and done is None:
-            suspect.append(f"sequence number {seq} where {expected} was due")
-        if done is None and seq == expected:
-            expected += 1
+        if label not in streams:
+            if len(streams) >= MAX_STREAMS:
+                flags.append(f"a record of forked process {_text(label)} past the cap of "
+                             f"{MAX_STREAMS} processes: not read")
+                continue
+            suspect.append(f"forked process {label} was announced by no fork")
+            streams[label] = _Stream()
+        stream = streams[label]
+        stream.check(seq, suspect)
+        if kind == "fork":
+            if suspect:
+                flags.append(f"fork record {_where(label, seq)}: {'; '.join(suspect)}")
+            elif len(streams) < MAX_STREAMS:  # past it, the child's records say so
+                streams.setdefault(f"{label}/{seq}" if label else str(seq), _Stream())
+            continue
         if kind == "done":
-            if done is None:
-                done = record
+            if stream.done is None:
+                stream.done = record
             else:
                 flags.append("more than one final summary (forged)")
             continue
@@ -190,14 +198,48 @@ def collect(records: list[dict], channel_bytes: int = 0) -> dict[str, Any]:
             host_dropped += 1
             continue
         event = _event(record, job_root, suspect)
-        by_seq.setdefault(seq, []).append(event)
+        stream.by_seq.setdefault(seq, []).append(event)
+        stream.events.append(event)
         events.append(event)
-    flags += [f"event {e['seq']} ({e['event']}): {e['suspect']}" for e in events
-              if e.get("suspect")]
-    integrity = _integrity(done, events, flags, host_dropped, channel_bytes)
+    for label, stream in streams.items():
+        flags += [f"event {_where(label, e['seq'])} ({e['event']}): {e['suspect']}"
+                  for e in stream.events if e.get("suspect")]
+    integrity = _integrity(streams, flags, host_dropped, channel_bytes)
+    done = streams[None].done
     if done is not None:
         _attach_module_paths(events, done.get("modules"))
     return {"audit": True, "job_root": job_root, "events": events, "integrity": integrity}
+
+
+class _Stream:
+    """One process's numbered records: the launcher's (label None), or a process forked
+    from it, which numbers its own from 1 under the label its parent announced with a
+    `fork` record (the seq of that record, after the parent's own label). An honest fork
+    so reuses no number, while a record replayed or forged into any stream still does."""
+
+    def __init__(self) -> None:
+        self.expected = 1
+        self.done: dict | None = None
+        self.by_seq: dict[int, list[dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def check(self, seq: int, suspect: list[str]) -> None:
+        """Note in `suspect` what is wrong with `seq` arriving next in this stream."""
+        if self.done is not None:
+            suspect.append("after the launcher's final summary")
+        if seq in self.by_seq:
+            suspect.append(f"sequence number {seq} used twice")
+            for other in self.by_seq[seq]:
+                other["suspect"] = other.get("suspect") or f"sequence number {seq} used twice"
+        elif seq != self.expected and self.done is None:
+            suspect.append(f"sequence number {seq} where {self.expected} was due")
+        if self.done is None and seq == self.expected:
+            self.expected += 1
+        self.by_seq.setdefault(seq, [])
+
+
+def _where(label: str | None, seq: Any) -> str:
+    return f"{seq}" if label is None else f"{seq} of forked process {_text(label)}"
 
 
 def _event(record: dict, job_root: str, suspect: list[str]) -> dict[str, Any]:
@@ -232,33 +274,53 @@ def _origin(record: dict) -> dict[str, Any]:
     return origin
 
 
-def _integrity(done: dict | None, events: list[dict], flags: Flags, host_dropped: int,
+def _integrity(streams: dict[str | None, _Stream], flags: Flags, host_dropped: int,
                channel_bytes: int) -> dict[str, Any]:
+    """The channel's verdict. Complete only when nothing was lost: no flag, and nothing the
+    hook or the host counted instead of sending (the hook's budgets, the host's caps)."""
     dropped: dict[str, int] = {}
     observed = sent = None
-    if done is None:
-        flags.verdict("no final summary from the launcher: the job ended the interpreter "
-                     "abruptly (os._exit, a signal, a limit), closed the channel, or it "
-                     "overflowed; events after that point are unknown")
-    else:
+    for label, stream in streams.items():
+        done = stream.done
+        if done is None:
+            if label is None:
+                flags.verdict("no final summary from the launcher: the job ended the "
+                              "interpreter abruptly (os._exit, a signal, a limit), closed the "
+                              "channel, or it overflowed; events after that point are unknown")
+            continue  # a forked child usually leaves through os._exit: no summary is due
         raw = done.get("dropped") if isinstance(done.get("dropped"), dict) else {}
+        prefix = "" if label is None else f"forked process {_text(label)}: "
         for key, value in list(raw.items())[:100]:
             if _int(value) is not None and value >= 0:
-                dropped[_text(key) or "?"] = value
-        observed, sent = _int(done.get("observed")), _int(done.get("sent"))
-        honest = len([e for e in events if not e.get("suspect")])
-        if sent is not None and sent != honest:
-            flags.verdict(f"the launcher says it sent {sent} events; {honest} arrived "
-                         "in sequence")
+                dropped[prefix + (_text(key) or "?")] = value
+        said = _int(done.get("sent"))
+        if label is None:
+            observed, sent = _int(done.get("observed")), said
+        honest = len([e for e in stream.events if not e.get("suspect")])
+        if said is not None and said != honest:  # a fork's is capped: a job makes many
+            add = flags.verdict if label is None else flags.append
+            who = "the launcher" if label is None else f"forked process {_text(label)}"
+            add(f"{who} says it sent {said} events; {honest} arrived in sequence")
     if host_dropped:
         dropped["<host cap>"] = host_dropped
     if channel_bytes > CHANNEL_CAP:
         flags.verdict(f"the channel carried {channel_bytes} bytes, over detain's cap of "
                      f"{CHANNEL_CAP}: everything past the cap was counted, not read")
-    return {"observed": observed, "sent": sent, "received": len(events), "dropped": dropped,
+    complete = streams[None].done is not None and not flags and not any(dropped.values())
+    return {"observed": observed, "sent": sent,
+            "received": sum(len(s.events) for s in streams.values()), "dropped": dropped,
             "dropped_total": sum(dropped.values()), "channel_bytes": channel_bytes,
-            "complete": done is not None and not flags, "flags": flags.as_list(),
-            "flags_total": flags.total}
+            "complete": complete, "flags": flags.as_list(), "flags_total": flags.total}
+
+
+def with_flags(integrity: dict[str, Any], flags: list[str]) -> dict[str, Any]:
+    """`integrity` with more flags (another observer's: a kernel trace, the outside
+    tracer); any flag is a loss of observation, so the run is no longer `complete`."""
+    if not flags:
+        return integrity
+    total = integrity.get("flags_total", len(integrity.get("flags", []))) + len(flags)
+    return {**integrity, "flags": [*integrity.get("flags", []), *flags],
+            "flags_total": total, "complete": False}
 
 
 def _attach_module_paths(events: list[dict], modules: Any) -> None:

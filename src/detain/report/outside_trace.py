@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from ..host.tracer import HEADER
-from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS
+from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS, with_flags
 from .kernel_trace import Merged
 
 O_DIRECTORY = 0o200000
@@ -39,6 +39,8 @@ ARGV_SHOWN = 32
 FILE_WRITES = ("unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod", "fchmodat",
                "mkdir", "mkdirat", "symlink", "symlinkat", "link", "linkat")
 SOURCE = "outside trace"
+SPAWNS = ("subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn",
+          "pty.spawn")
 
 
 def _text(value: Any) -> str:
@@ -71,6 +73,8 @@ def classify(record: dict[str, Any], quiet: tuple[str, ...] = ()) -> tuple[str, 
     if syscall in ("execve", "execveat"):
         if record.get("result") == "ENOENT":
             return None
+        if record.get("fileless") is True:  # the tracer read the image: no file
+            return "process", _text(record.get("image"))
         return "process", paths[0] if paths else "?"
     if syscall in ("open", "openat", "openat2", "creat"):
         flags = record.get("flags") if isinstance(record.get("flags"), int) else 0
@@ -164,8 +168,11 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
         t = record.get("t") if isinstance(record.get("t"), (int, float)) else 0.0
         severity = "high" if category == "file-read" and any(
             s in target for s in SENSITIVE) else None
-        merged.add(str(record.get("syscall")), category, target,
-                   _outcome(record.get("result")), float(t), detail, severity, apart=pid)
+        event = merged.add(str(record.get("syscall")), category, target,
+                           _outcome(record.get("result")), float(t), detail, severity,
+                           apart=pid)
+        if event is not None and record.get("fileless") is True:
+            _fileless(event, record)
     flags = merged.cap_flags()
     if foreign:
         flags.append(f"{SOURCE}: {foreign} line(s) are not tracer records; no event was "
@@ -174,9 +181,34 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
         flags.append(f"{SOURCE}: the tracer's closing record is missing (it was ended or "
                      "its output cut); later syscalls may be missing")
     elif isinstance(end.get("dropped"), int) and end["dropped"] > 0:
-        flags.append(f"{SOURCE}: {end['dropped']} record(s) past the tracer's cap of "
-                     f"{end.get('records')} were counted, not written")
+        flags.append(_cap_flag(end))
     return merged.events(), flags, first_job, setup_records
+
+
+def _cap_flag(end: dict[str, Any]) -> str:
+    """What the tracer's cap left out; execs, connections and sensitive opens have a
+    reserve, so saying how many of those were lost tells whether a late one is missing."""
+    cap = end.get("cap") if isinstance(end.get("cap"), int) else end.get("records")
+    vital = end.get("dropped_vital") if isinstance(end.get("dropped_vital"), int) else 0
+    reserve = end.get("reserve") if isinstance(end.get("reserve"), int) else 0
+    kept = (f"; none of them an exec, a connection or a sensitive open (each has {reserve} "
+            "records reserved)" if not vital else
+            f", {vital} of them execs, connections or sensitive opens past their reserve")
+    return (f"{SOURCE}: {end['dropped']} record(s) past the tracer's cap of {cap} were "
+            f"counted, not written{kept}")
+
+
+def _fileless(event: dict[str, Any], record: dict[str, Any]) -> None:
+    """An exec of no file (a memfd, a file deleted first): named as such, high severity,
+    with what named it (a descriptor: `execveat(fd, "")`, /proc/self/fd/N)."""
+    detail = event["detail"]
+    detail["fileless"] = True
+    paths = record.get("paths") if isinstance(record.get("paths"), list) else []
+    detail["path"] = _text(paths[0]) if paths else None
+    if isinstance(record.get("dirfd"), (int, str)):
+        detail["dirfd"] = record["dirfd"]
+    event["severity"] = "high"
+    event["summary"] = f"fileless exec {detail['target'][:200]} ({detail['outcome']})"
 
 
 def _is_setup_pip(argv: Any) -> bool:
@@ -204,7 +236,7 @@ def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = (),
     kernel, flags, hooked, setup = parse(trace, quiet, installs)
     events = behaviour.setdefault("events", [])
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
-    spawns = [e for e in events if e["category"] == "process"]
+    spawns = _Spawns([e for e in events if e["event"] in SPAWNS])
     for event in events:
         key = _hook_key(event)
         if key is not None:
@@ -218,20 +250,46 @@ def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = (),
                                         f"pid {detail['pid']}")
             continue
         if event["category"] == "process" and hooked is not None and detail["ppid"] == hooked:
-            _link_spawn(event, spawns)
+            spawns.link(event)
         events.append(event)
     if flags:
-        integrity = behaviour.setdefault("integrity", {"flags": []})
-        integrity["flags"] = [*integrity.get("flags", []), *flags]
-        integrity["flags_total"] = integrity.get("flags_total", 0) + len(flags)
+        behaviour["integrity"] = with_flags(behaviour.get("integrity", {"flags": []}), flags)
     return setup
 
 
-def _link_spawn(event: dict[str, Any], spawns: list[dict[str, Any]]) -> None:
-    """Name the hook's subprocess event this exec (a child of the hooked interpreter)
-    answers: the first whose summary names the same program."""
-    program = event["detail"]["target"].rsplit("/", 1)[-1]
-    for spawn in spawns:
-        if program and program in spawn["summary"] and spawn.get("file"):
-            event["detail"]["requested_at"] = f"{spawn['file']}:{spawn.get('line')}"
+class _Spawns:
+    """The hook's spawn events, matched to the kernel's execs of the hooked interpreter's
+    children in order: each exec (in the order they happened) takes the next spawn, from
+    where the last match left off, that runs the same program, so each spawn answers at
+    most one exec and a later spawn of the same program is never answered by an earlier
+    line. Only a child's first exec is matched (its later ones are its own doing)."""
+
+    def __init__(self, spawns: list[dict[str, Any]]) -> None:
+        self.spawns = [s for s in spawns if s.get("file")]
+        self.next = 0
+        self.seen: set[Any] = set()
+
+    def link(self, event: dict[str, Any]) -> None:
+        detail = event["detail"]
+        if detail["pid"] in self.seen:
             return
+        self.seen.add(detail["pid"])
+        names = {str(detail["target"]).rsplit("/", 1)[-1],
+                 str(detail.get("argv", "")).split(" ", 1)[0].rsplit("/", 1)[-1]}
+        for index in range(self.next, len(self.spawns)):
+            spawn = self.spawns[index]
+            program = _program(spawn)
+            if program is None or program in names:
+                detail["requested_at"] = f"{spawn['file']}:{spawn.get('line')}"
+                self.next = index + 1
+                return
+
+
+def _program(spawn: dict[str, Any]) -> str | None:
+    """The program a hook spawn event runs (its executable's name; a shell for
+    os.system), or None when the event does not say."""
+    if spawn["event"] == "os.system":
+        return "sh"
+    executable = spawn["detail"].get("executable")
+    return executable.rsplit("/", 1)[-1] if isinstance(executable, str) and executable \
+        else None
