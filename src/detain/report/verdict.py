@@ -18,7 +18,8 @@ any source alike: the in-process audit hook, the host's proxy, a tracer outside 
 
 *Suspicious* is weaker behaviour with benign uses: walking the whole environment, loading a
 native library with ctypes, adding an audit hook, listening on a socket, a tampered
-audit channel. Anything else is *clean*.
+audit channel, traffic the sinkhole's recorder could only count (`sinkhole.lost`: a flood
+is how a job would hide what it sent). Anything else is *clean*.
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
             argv = str(detail.get("argv") or detail.get("command") or "")[:120]
             return MALICIOUS, "process started", f"{program} {argv}".strip()
         return None
+    if name == "sinkhole.lost":
+        return SUSPICIOUS, "recorder overwhelmed", str(event.get("summary"))[:200]
     if category == "network":
         return _network(name, detail, allowed)
     if category == "native":
