@@ -41,8 +41,9 @@ def suggest_policy(report: dict[str, Any]) -> str:
                   and e["event"] in ("subprocess.Popen", "os.fork", "os.forkpty", "os.spawn",
                                      "os.posix_spawn", "os.system", "pty.spawn"))
     writes = [e for e in events if e["category"] == "file-write"]
-    hosts = sorted({str(e["detail"].get("host") or e["detail"].get("address")
-                        or e["detail"].get("url")) for e in events if e["category"] == "network"})
+    named = (e["detail"].get("host") or e["detail"].get("address") or e["detail"].get("url")
+             for e in events if e["category"] == "network")
+    hosts = sorted({str(name) for name in named if name})  # a recorder's own note names none
     lines = [
         "# Suggested by detain from one observed run: the least it needed.",
         f"# backend {report['backend']['name']} (level {report['backend']['level']}); "
