@@ -68,6 +68,8 @@ def test_high_signals_are_malicious_looking(event):
     hook("subprocess.Popen", "process", executable="/scratch/venv/bin/python"),
     hook("subprocess.Popen", "process", executable="gcc", argv="['gcc', '-c', 'x.c']"),
     kernel("kernel.execve", "process", target="/usr/bin/git", argv="git describe"),
+    kernel("kernel.execve", "process", target="/usr/lib/gcc/x86_64-linux-gnu/12/cc1"),
+    kernel("kernel.execve", "process", target="/usr/lib/gcc/x86_64-linux-gnu/12/collect2"),
     hook("open", "file-write", path="build/lib/pkg/__init__.py", mode="w"),
     kernel("kernel.openat", "file-write",
            target="/scratch/tmp/pip-build-env-x/site/sitecustomize.py"),
@@ -89,6 +91,13 @@ def test_suspicious_and_the_reasons_are_few_and_varied():
     assert result["signals"] == {"credentials read": 5, "process started": 1,
                                  "environment walked": 1}
     assert line(result).startswith("verdict: malicious-looking — credentials read: ")
+
+
+def test_secret_names_read_by_copying_the_environment_are_the_walk():
+    walked = hook("os.environ.iter", "env", variables=12)
+    copied = hook("os.environ.get", "env", name="AWS_SECRET_ACCESS_KEY")  # same line
+    assert verdict([walked, copied])["level"] == SUSPICIOUS
+    assert verdict([walked, dict(copied, line=9)])["level"] == MALICIOUS
 
 
 def test_run_summary_ends_with_the_verdict():

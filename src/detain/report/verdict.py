@@ -48,7 +48,8 @@ PERSISTENCE = re.compile(
     r"|/Library/LaunchAgents/|(^|/)(sitecustomize|usercustomize)\.py$|\.pth$)")
 BUILD_TOOLS = re.compile(
     r"^(python[0-9.]*|pip[0-9.]*|cc|c\+\+|gcc|g\+\+|clang|clang\+\+|ld|ld\.\w+|ar|as|ranlib|"
-    r"strip|nm|objcopy|objdump|readelf|patchelf|(x86_64|aarch64|i686)-[\w-]*-(gcc|g\+\+|cc|"
+    r"strip|nm|objcopy|objdump|readelf|patchelf|cc1|cc1plus|cc1obj|collect2|lto1|lto-wrapper|"
+    r"(x86_64|aarch64|i686)-[\w-]*-(gcc|g\+\+|cc|"
     r"ld|ar|c\+\+)(-[0-9.]+)?|(gcc|g\+\+|cpp)-[0-9.]+|cmake|ctest|make|gmake|ninja|meson|"
     r"pkg-config|pkgconf|cython|swig|gfortran|f2py|nvcc|rustc|cargo|go|git|hg|uname|"
     r"ldconfig|lsb_release|sw_vers|xcrun|which|"
@@ -88,7 +89,14 @@ def allowed_of(policy: dict[str, Any]) -> list[str]:
 def signals(events: list[dict[str, Any]], allowed: list[str]) -> list[dict[str, str]]:
     """Every signal the events give: {level, kind, text}, in event order."""
     found = []
+    # copying the whole environment (dict(os.environ)) reads every name once: a secret
+    # name read on a line that walked it is part of that walk, not a targeted read
+    walks = {(e.get("file"), e.get("line"), e.get("phase")) for e in events
+             if e.get("category") == "env" and "name" not in (e.get("detail") or {})}
     for event in events:
+        if event.get("category") == "env" and (
+                event.get("file"), event.get("line"), event.get("phase")) in walks:
+            event = {**event, "detail": {}}  # counted as the walk it belongs to
         signal = _signal(event, allowed)
         if signal is not None:
             level, kind, what = signal
