@@ -351,3 +351,21 @@ def test_stealer_that_checks_first_finds_the_decoys(tmp_path):
     if report["phases"][1]["sinkhole"]:  # the POSTed body carries the decoys' marker
         assert any(e.get("decoy") == "sent" and e["phase"] == "import" for e in events), \
             [e["summary"] for e in events if e["phase"] == "import"]
+
+
+def test_static_malware_indicators_count_in_the_package_verdict():
+    """Code that hides until used (a hook pip never runs, a missing dependency) is judged
+    by detain's own malware triage too; bandit's injection checks are not verdicts."""
+    from detain.package.phases import package_verdict
+
+    scan = {"findings": [
+        {"tool": "detain", "rule": "credential-path", "severity": "high", "file": "setup.py",
+         "line": 7, "message": "reads the AWS credentials file"},
+        {"tool": "bandit", "rule": "B602", "severity": "high", "file": "setup.py", "line": 9,
+         "message": "runs a shell command"},
+        {"tool": "detain", "rule": "url-literal", "severity": "medium", "file": "pkg.py",
+         "line": 1, "message": "a URL"}]}
+    judged = package_verdict([], scan)
+    assert judged["level"] == "malicious-looking"
+    assert judged["reasons"] == ["static: reads the AWS credentials file (setup.py:7)"]
+    assert package_verdict([], {"findings": scan["findings"][1:]})["level"] == "clean"

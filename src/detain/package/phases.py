@@ -31,7 +31,7 @@ from ..host.tracer import on_by_default
 from ..job import Job
 from ..net.rules import parse_rules
 from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
-from ..report.verdict import allowed_of, decide, signals, verdict
+from ..report.verdict import allowed_of, decide, signals, static_signals, verdict
 from ..result import Result
 from .decoys import HOME as DECOY_HOME
 from .decoys import Decoys, plant
@@ -200,7 +200,7 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
                     f"{'sinkhole' if sinkhole else 'no'} network)")
                 phases.append(run_code("exercise", site, policy, seconds, static, decoys))
     return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
-            "verdict": package_verdict(phases),
+            "verdict": package_verdict(phases, static),
             "decoys": decoys.describe(),
             "backend_choice": choice.describe() if choice else None,
             "seconds": round(time.monotonic() - started, 3),
@@ -225,8 +225,13 @@ def _choose(policy: Policy, sinkhole: bool | None) -> Choice:
     return replace(chosen, reason=chosen.reason + "; no backend here has a sinkhole network")
 
 
-def package_verdict(phases: list[dict[str, Any]]) -> dict[str, Any]:
+def package_verdict(phases: list[dict[str, Any]],
+                    static: dict[str, Any] | None = None) -> dict[str, Any]:
     """One verdict over every phase, each phase's events judged by its own policy (what
-    install may reach, import may not)."""
-    return decide([s for phase in phases for s in signals(
-        phase["report"]["events"], allowed_of(phase["report"]["policy"]))])
+    install may reach, import may not), and over the malware pre-scan: a high-severity
+    indicator of detain's own triage rules (not bandit's injection checks) in code that is
+    installed counts like behaviour seen, for code that hides until it is used (a hook pip
+    never runs, a dependency missing here, a platform this is not)."""
+    found = [s for phase in phases for s in signals(
+        phase["report"]["events"], allowed_of(phase["report"]["policy"]))]
+    return decide(found + static_signals(static))

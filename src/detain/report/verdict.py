@@ -106,6 +106,19 @@ def signals(events: list[dict[str, Any]], allowed: list[str]) -> list[dict[str, 
     return found
 
 
+def static_signals(scan: dict[str, Any] | None) -> list[dict[str, str]]:
+    """High findings of detain's own malware triage (scan/malware.py and its tables) as
+    malicious-looking signals; bandit's, written for injection bugs, are left out."""
+    found = []
+    for finding in (scan or {}).get("findings", []):
+        if finding.get("severity") == "high" and finding.get("tool") == "detain":
+            where = f"{finding.get('file')}:{finding.get('line')}" if finding.get("file") else ""
+            text = str(finding.get("message") or finding.get("rule"))[:160]
+            found.append({"level": MALICIOUS, "kind": "static",
+                          "text": f"static: {text}" + (f" ({where})" if where else "")})
+    return found
+
+
 def decide(found: list[dict[str, str]]) -> dict[str, Any]:
     """The level and the top reasons of a list of signals (one phase's or several)."""
     high = [s for s in found if s["level"] == MALICIOUS]
