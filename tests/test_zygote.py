@@ -197,3 +197,78 @@ def test_landlock_forks_as_an_ordinary_user():
 
     run_tests_as_user("landlock and not holds_nothing and not ordinary_user",
                       ["tests/test_zygote.py"])
+
+
+KILLED_DETAIN = r'''
+import sys
+import detain
+box = detain.Sandbox(detain.Policy().merge({"backend": "landlock", "timeout": 30}, "test"),
+                     warm=1)
+assert box.wait_warm() and box.zygote() is not None
+print("ready", flush=True)
+box.run(detain.Job.code("""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(120)
+    os._exit(0)
+time.sleep(120)
+"""))
+'''
+
+
+def _descendants(pid: int) -> set[int]:
+    found, pending = set(), [pid]
+    while pending:
+        current = pending.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.update(children)
+            pending += children
+    return found
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not ROOT, reason="finds the run's processes by its fresh uid")
+def test_a_forked_landlock_run_ends_when_detain_is_killed(state_dir):
+    """Every process of a forked landlock run, a `setsid()` daemon included, ends with a
+    SIGKILLed detain: the run's reaper gets SIGTERM as its parent-death signal and ends
+    them (a cgroup alone left the daemon running under init)."""
+    require("landlock")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    detain_proc = subprocess.Popen([sys.executable, "-c", KILLED_DETAIN],
+                                   stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert detain_proc.stdout.readline() == b"ready\n"
+        time.sleep(2)  # the job forks its daemon
+        uids = {_uid(p) for p in _descendants(detain_proc.pid)} - {0, None}
+        assert uids, "no run was seen"
+    finally:
+        detain_proc.kill()
+        detain_proc.wait()
+
+    def left() -> list[int]:
+        return [int(e.name) for e in Path("/proc").iterdir()
+                if e.name.isdigit() and _uid(int(e.name)) in uids]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and left():
+        time.sleep(0.1)
+    alive = left()
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "processes of the run outlived detain"

@@ -16,9 +16,9 @@ reads its job, with confinement of its own, exactly as the sandbox tool would:
     fresh uid, enters a new user namespace (uid 1000 inside), drops every capability and
     the bounding set, sets no_new_privs and loads the seccomp filter.
   * mode `landlock`: a run is cloned (CLONE_PARENT) into the run's cgroup; as root it
-    mounts the run's size-capped scratch in a mount namespace of its own. Without a
-    cgroup it is the run's reaper (a child subreaper that kills every descendant when the
-    job's main process ends) and forks the job; with one it is the job. The job drops to
+    mounts the run's size-capped scratch in a mount namespace of its own. It is the run's
+    reaper (a child subreaper that kills every descendant when the job's main process
+    ends, at the wall clock and when detain dies) and forks the job. The job drops to
     the run's uid (as root), sets no_new_privs, enforces a fresh Landlock ruleset (built
     here, for this run's scratch and job dir) and loads the seccomp filter.
 
@@ -277,21 +277,33 @@ def landlock(config, request):
     os.close(ruleset)
 
 
-def landlock_reaper(config, request, uid, cgroup):
-    """Mode landlock: as root, the run's own scratch tmpfs; then, where no cgroup holds the
-    run (detain ends a cgroup's every process, wherever they went), the run's reaper: the
-    job as its child, every descendant killed when the job's main process ends."""
+def landlock_reaper(config, request, uid):
+    """Mode landlock: as root, the run's own scratch tmpfs; then the run's reaper, always:
+    the job as its child, every descendant killed when the job's main process ends, when
+    the zygote ends the run (SIGTERM at the wall clock) and when detain dies (SIGTERM as
+    the parent-death signal). A cgroup alone did not do: a `setsid()` daemon of the job's
+    outlived a killed detain (nothing was left to kill the cgroup), and a stopped detain's
+    wall clock ended only the job's main process."""
+    import signal
+
     if uid is not None:
         check(libc.unshare(CLONE_NEWNS), "unshare")
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         mount("tmpfs", request["run"] + "/scratch", "tmpfs", MS_NOSUID | MS_NODEV,
               "mode=0700,size=%s,uid=%d,gid=%d" % (request["disk"], uid, uid))
-    if cgroup:
-        return
     check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
     job = os.fork()
     if job == 0:
         return
+
+    def end_all(_signum=None, _frame=None):
+        kill_descendants()
+        os._exit(137)
+
+    signal.signal(signal.SIGTERM, end_all)
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0), "parent-death signal")
+    if os.getppid() == 1:  # detain died before the signal was set
+        end_all()
     for fd in range(JOB_FDS):
         os.close(fd)
 
@@ -299,8 +311,6 @@ def landlock_reaper(config, request, uid, cgroup):
         kill_descendants()
         if os.WIFSIGNALED(status):
             libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no core of ours
-            import signal
-
             signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
             os.kill(os.getpid(), os.WTERMSIG(status))
         os._exit(os.waitstatus_to_exitcode(status))
@@ -351,14 +361,13 @@ def start_run(zygote, request, fds):
     for target, fd in enumerate(high):
         os.dup2(fd, target)  # dup2 clears close-on-exec, and nothing here execs anyway
     os.closerange(JOB_FDS, 1 << 16)  # nothing of the zygote's (its socket, other runs)
-    cgroup = len(fds) > JOB_FDS
     uid = int(request["uid"]) if request["uid"] else None
     if config["mode"] == "ns":
         check(libc.unshare(CLONE_NEWCGROUP), "unshare cgroup")
         ns_init(config, request, uid)
         os.chdir(config["scratch"])
     else:
-        landlock_reaper(config, request, uid, cgroup)
+        landlock_reaper(config, request, uid)
         os.chdir(request["run"] + "/scratch")
     if request["label"]:  # while /proc/self is ours to read (mounted; before Landlock)
         show_label(request["label"])
@@ -507,11 +516,15 @@ class Zygote:
         self.sock.send(text.encode())
 
     def end(self, pid):
+        """The run's wall clock, or detain gone: a namespace's pid 1 takes everything with
+        it when killed; a landlock run's reaper is asked (SIGTERM) to end every process of
+        the run first."""
         pidfd, _ = self.watched.pop(pid)
         try:
             import signal
 
-            signal.pidfd_send_signal(pidfd, SIGKILL)
+            signal.pidfd_send_signal(pidfd, SIGKILL if self.config["mode"] == "ns"
+                                     else signal.SIGTERM)
         except OSError:
             pass
         os.close(pidfd)

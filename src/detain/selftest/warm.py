@@ -28,6 +28,8 @@ class WarmBackend:
         self.forked = 0  # runs that came from a zygote
 
     def __getattr__(self, name: str) -> Any:
+        if name == "backend":  # not set yet (copy.copy makes an instance without __init__)
+            raise AttributeError(name)
         return getattr(self.backend, name)
 
     def run(self, job: Job, policy: Policy, *, stdout=None, stderr=None,
