@@ -57,7 +57,7 @@ def test_pre_commit_hook_definition():
 def test_pre_commit_hook_fails_on_a_bad_file_among_several(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "bad.py").write_text(
-        "import subprocess\nsubprocess.call('ls ' + input(), shell=True)\n")
+        "import os\nkey = open(os.path.expanduser('~/.ssh/id_rsa')).read()\n")
     (tmp_path / "clean.py").write_text("def add(a, b):\n    return a + b\n")
     (tmp_path / "also_clean.py").write_text("VALUE = 1\n")
     bad = scan_as_pre_commit(tmp_path, "clean.py", "pkg/bad.py")
