@@ -390,7 +390,9 @@ def test_names_past_the_table_are_answered_and_kernel_drops_counted(monkeypatch)
     assert seen["overflow_answers"] == 3 and any("10.66.255.254" in n for n in result.notes)
     drops = seen["lost"][KERNEL_DROPS]
     assert drops > 0 and seen["udp_datagrams"] + drops == 3000
-    assert seen["dropped"] == drops
+    # every loss is counted, the kernel's among them (how many datagrams the kernel drops
+    # and how many arrive past the UDP cap depends on how fast the recorder reads)
+    assert seen["dropped"] == sum(seen["lost"].values()) >= drops
 
 
 ODD_ADDRESSES = """
