@@ -6,7 +6,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from . import backends
 from .errors import DetainError
@@ -14,7 +13,10 @@ from .job import Job
 from .policy import Policy
 from .result import Result
 
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from .backends.base import Started
     from .host.zygote import Zygote
 

@@ -19,12 +19,15 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from .errors import PolicyError
 from .policy import Limits, Policy, load_toml, parse_toml
 from .project_files import read_project_file
 from .units import format_size
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 USER_CONFIG = Path("detain") / "policy.toml"
 PROJECT_FILE = "pyproject.toml"

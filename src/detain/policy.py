@@ -14,12 +14,14 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .errors import PolicyError
 from .units import format_size, parse_seconds, parse_size
 
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
 if TYPE_CHECKING:
+    from typing import Any
+
     from .net.rules import HostRule
 
 PROFILES = {

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import signal as _signal
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from .errors import EXIT_DETAIN_ERROR
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_TIMEOUT = 124
 EXIT_LIMIT = 137

@@ -9,7 +9,7 @@ silently downgrading.
 from __future__ import annotations
 
 import importlib
-import platform
+import os
 from dataclasses import dataclass
 
 from ..errors import BackendUnavailable
@@ -79,9 +79,9 @@ def load(name: str):
 
 def probe(name: str) -> Probe:
     entry = BACKENDS.get(name)
-    if entry is not None and entry.system != platform.system():
-        return Probe(False, f"{name} needs a {entry.system} host; this one runs "
-                            f"{platform.system()}")
+    system = os.uname().sysname  # platform.system()'s answer, without importing platform
+    if entry is not None and entry.system != system:
+        return Probe(False, f"{name} needs a {entry.system} host; this one runs {system}")
     try:
         backend = load(name)
     except BackendUnavailable as exc:

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import BackendUnavailable
 from . import AUTO_ORDER, BACKENDS, Probe, load
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 # Start-up of one `detain run` with a sandbox started for its job (README, Performance:
 # the CLI cold column on a 2-core host), the job itself on top.

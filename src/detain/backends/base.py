@@ -16,13 +16,10 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ..errors import DetainError, ProtectionError
 from ..guest import LAUNCHER
 from ..host import cgroups, deps, privileges, rundir, totals
-from ..host.copyout import bring_out
-from ..host.disk_watch import DiskWatch
 from ..host.interpreter import Interpreter, find_interpreter
 from ..host.jobmessage import launcher_message
 from ..host.supervise import (
@@ -34,16 +31,19 @@ from ..host.supervise import (
     spawn,
     supervise,
 )
-from ..host.tracer import OutsideTrace
 from ..host.warden import Warden
 from ..job import Job
 from ..policy import SCRATCH, Policy
 from ..report.events import collect as collect_events
 from ..result import Result
-
-if TYPE_CHECKING:
-    from ..net.session import EgressSession
 from . import BACKENDS, Probe
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..host.tracer import OutsideTrace
+    from ..net.session import EgressSession
 
 GUEST_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_UID = 1000
@@ -299,6 +299,8 @@ class Backend:
             # Exec'd after the drop to the run's uid, which may not reach it where it lies.
             launch.argv[0] = ctx.setup.program(run.path, launch.argv[0])
             if policy.trace and self.outside_trace:
+                from ..host.tracer import OutsideTrace  # only traced runs load it
+
                 started.tracer = OutsideTrace(run.path, self.trace_machinery(launch))
                 ctx.setup.confine.append(started.tracer.child_step)
             elif policy.trace and not getattr(self, "supports_trace", False):
@@ -351,8 +353,12 @@ class Backend:
                                                                        DIAGNOSTICS_CAP)
                 extra += [(launch.job_output[0], out.feed), (launch.job_output[1], err.feed)]
             proc, started.proc = started.proc, None
-            watch = None if self.scratch_capped(ctx) or self.own_limits else DiskWatch(
-                ctx.scratch, policy.limits.disk_bytes, lambda: self.kill(ctx, proc))
+            watch = None
+            if not (self.scratch_capped(ctx) or self.own_limits):  # the host watches it
+                from ..host.disk_watch import DiskWatch  # loads ctypes: only runs that need it
+
+                watch = DiskWatch(ctx.scratch, policy.limits.disk_bytes,
+                                  lambda: self.kill(ctx, proc))
             try:
                 outcome = supervise(
                     proc, timeout=policy.limits.wall_seconds, stdout=own_out, stderr=own_err,
@@ -373,6 +379,8 @@ class Backend:
             if started.tracer is not None:
                 self._outside_trace(result, ctx, started.tracer)
             if policy.copy_out and result.error is None:
+                from ..host.copyout import bring_out  # only runs that copy out load it
+
                 bring_out(result, ctx.scratch, policy.copy_out, policy.limits.disk_bytes)
             ended = True
         finally:

@@ -24,12 +24,11 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 
 from ..errors import BackendUnavailable
 from ..host import containers, seccomp_oci
 from ..host.rootfs import Bind
-from ..host.tools import tool_version
+from ..host.tools import tool_output, tool_version
 from ..policy import SCRATCH
 from ..report.kernel_trace import read_trace
 from ..result import Result
@@ -60,12 +59,7 @@ def find_runsc() -> tuple[str, tuple[int, ...]] | None:
 
 @functools.lru_cache(maxsize=1)
 def _flags(runsc: str) -> str:
-    try:
-        done = subprocess.run([runsc, "flags"], capture_output=True, text=True, env={},
-                              timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout + done.stderr  # runsc prints its flags to stderr
+    return tool_output([runsc, "flags"])  # runsc prints its flags to stderr
 
 
 def platform(runsc: str) -> str:

@@ -11,7 +11,7 @@ level 1 means, and why `auto` prefers level 2.
 from __future__ import annotations
 
 import os
-import platform
+import sys
 from pathlib import Path
 
 from ..errors import ProtectionError
@@ -29,7 +29,8 @@ class ProcessBackend(Backend):
     hide_world_writable = True  # as root: cover them, so the uid can write only scratch
 
     def probe(self) -> Probe:
-        return Probe(True, version=f"Python {platform.python_version()}")
+        # platform.python_version()'s answer, without importing platform on the run path
+        return Probe(True, version=f"Python {sys.version.split()[0]}")
 
     def launch(self, ctx: RunContext) -> Launch:
         if ctx.policy.mounts:

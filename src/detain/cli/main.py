@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .parser import build_parser
 
-        parser = build_parser()
+        parser = build_parser(argv[0] if argv else None)
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # before any sandbox exists: nothing to remove
         print("detain: interrupted", file=sys.stderr)

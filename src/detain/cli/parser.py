@@ -19,14 +19,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_DETAIN_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `command` (a COMMANDS name) the one sub-command alone.
+
+    Parsing `detain run ...` needs only the run sub-parser, and building every other one
+    (importing its module) is a third of a cold run's own start-up. Anything else (no
+    command, an option first, a misspelt command) gets every sub-command, so `detain
+    --help` and "invalid choice" list them all."""
     parser = OneLineParser(
         prog="detain",
         description="Run untrusted Python in a disposable sandbox and see what it did.")
     parser.add_argument("--version", action="version", version=f"detain {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
                                        parser_class=OneLineParser)
-    for name in COMMANDS:
+    for name in (command,) if command in COMMANDS else COMMANDS:
         try:
             module = importlib.import_module(f"{__package__}.{name}_cmd")
         except ModuleNotFoundError as exc:

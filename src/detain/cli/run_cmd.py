@@ -7,9 +7,12 @@ import json
 import os
 import re
 import sys
-from typing import Any
 
 from ..errors import EXIT_DETAIN_ERROR
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_FAIL_ON = 3
 LIMIT_FLAG = {"memory": "--memory SIZE", "cpu": "--cpu SECONDS", "disk": "--disk SIZE"}

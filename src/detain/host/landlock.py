@@ -21,10 +21,13 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import BackendUnavailable, ProtectionError
 from . import seccomp
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 NET_ABI, SCOPE_ABI, TRUNCATE_ABI = 4, 6, 3
 # Files the launcher reads to report its confinement; granted by the child for its own pid.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import secrets
 import signal
 import stat
 import subprocess
@@ -27,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from random import SystemRandom
 
 from ..errors import DetainError
 from .rundir import cleaner
@@ -47,7 +47,12 @@ def is_root() -> bool:
 
 
 def fresh_uid() -> int:
-    return UID_BASE + secrets.randbelow(UID_SPAN)
+    """A random uid of the run's own (os.urandom, as secrets.randbelow draws it; secrets
+    itself would import hashlib's OpenSSL half on every run)."""
+    return UID_BASE + _SYSTEM_RANDOM.randrange(UID_SPAN)
+
+
+_SYSTEM_RANDOM = SystemRandom()
 
 
 def reachable_by_others(path: Path) -> bool:

@@ -20,12 +20,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..errors import DetainError
 from ..paths import state_dir
 from ..report.safe_text import say
 from . import tree
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 CLEANERS: dict[str, Callable[[Any], None]] = {}
 JOURNAL = "journal"

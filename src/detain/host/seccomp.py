@@ -15,12 +15,10 @@ here builds a new filter instead of reusing a stale one.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
-import hashlib
 import os
-import platform
+from importlib.util import source_hash
 from pathlib import Path
 
 from ..errors import ProtectionError
@@ -65,8 +63,10 @@ SOCKETPAIR_TYPES = (1, 5)  # SOCK_STREAM, SOCK_SEQPACKET
 
 @functools.cache
 def _rules_digest(host_namespaces: bool) -> str:
-    text = repr((host_namespaces, platform.machine())).encode() + Path(__file__).read_bytes()
-    return hashlib.sha256(text).hexdigest()[:16]
+    """The cache file's name: a digest of the rules (this source, the machine), SipHash as
+    for hash-based .pyc files; hashlib would load OpenSSL on every run."""
+    text = repr((host_namespaces, os.uname().machine)).encode() + Path(__file__).read_bytes()
+    return source_hash(text).hex()
 
 
 def filter_path(host_namespaces: bool = False) -> Path:
@@ -147,20 +147,23 @@ class Program:
 
     PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 
-    class _Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
     def __init__(self, path: Path) -> None:
+        import ctypes  # here: bwrap only hands the file over, and needs no ctypes for it
+
+        class _Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
         data = path.read_bytes()
         if not data or len(data) % 8:
             raise ProtectionError(f"{path}: not a compiled seccomp filter; delete it")
         self._buffer = ctypes.create_string_buffer(data, len(data))
-        self._prog = self._Fprog(len(data) // 8, ctypes.addressof(self._buffer))
+        self._prog = _Fprog(len(data) // 8, ctypes.addressof(self._buffer))
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._ctypes = ctypes
 
     def install(self) -> None:
         """Load the filter into the calling process (needs no_new_privs or CAP_SYS_ADMIN)."""
         if self._libc.prctl(self.PR_SET_SECCOMP, self.SECCOMP_MODE_FILTER,
-                            ctypes.byref(self._prog), 0, 0) != 0:
-            err = ctypes.get_errno()
+                            self._ctypes.byref(self._prog), 0, 0) != 0:
+            err = self._ctypes.get_errno()
             raise OSError(err, f"seccomp: {os.strerror(err)}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from ..errors import ProtectionError
 from ..policy import SCRATCH, Limits
 from ..units import format_size
-from . import disk_watch
 from .cgroups import Cgroup
 
 
@@ -66,10 +65,13 @@ def statement(limits: Limits, cgroup: Cgroup | None, scratch_capped: bool,
                           f"{limits.processes} processes; shared memory (memfd, /dev/shm) "
                           f"is bounded only per file ({disk})",
                 "processes": f"{limits.processes} (RLIMIT_NPROC, counted per uid)"}
-    held["disk"] = (f"{disk} total in {SCRATCH} (size-capped tmpfs); a private /tmp or "
-                    f"/dev/shm, where the sandbox has one, is capped at {disk} of its own"
-                    if scratch_capped else
-                    f"{disk} per file (RLIMIT_FSIZE); {SCRATCH} as a whole "
-                    f"{disk_watch.DESCRIPTION}; files deleted while held open are not seen")
+    if scratch_capped:
+        held["disk"] = (f"{disk} total in {SCRATCH} (size-capped tmpfs); a private /tmp or "
+                        f"/dev/shm, where the sandbox has one, is capped at {disk} of its own")
+    else:
+        from .disk_watch import DESCRIPTION  # loads ctypes: only for a scratch it watches
+
+        held["disk"] = (f"{disk} per file (RLIMIT_FSIZE); {SCRATCH} as a whole "
+                        f"{DESCRIPTION}; files deleted while held open are not seen")
     held["cpu"] = cpu
     return held

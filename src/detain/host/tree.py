@@ -26,11 +26,13 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -364,7 +366,7 @@ def _move_up(state: _Removal, dir_fd: int, name: str) -> None:
             os.close(fd)
     for _ in range(3):  # a name already taken at the top (never by chance) gets another
         state.moved += 1
-        fresh = f".detain-up-{state.moved}-{secrets.token_hex(8)}"
+        fresh = f".detain-up-{state.moved}-{os.urandom(8).hex()}"
         try:
             os.rename(name, fresh, src_dir_fd=dir_fd, dst_dir_fd=state.top_fd)
             return

@@ -13,9 +13,12 @@ not proof: the provenance of every such event is `in-process`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from ..host.supervise import CHANNEL_CAP
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 IN_PROCESS = "in-process"
 KERNEL = "kernel/runtime"

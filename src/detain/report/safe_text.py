@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 # Control (C0, DEL, C1 with 0x9b the 8-bit CSI), format (bidi marks, embeddings,
