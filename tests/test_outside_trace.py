@@ -1,11 +1,14 @@
 """The outside tracer (host/tracer.py): every process of the sandbox seen from outside.
 
-Real runs on bwrap and landlock: what the audit hook cannot see (a shell, its children, a
+Real runs on bwrap, landlock and podman as root (joined by an OCI hook there:
+test_outside_trace_containers.py): what the audit hook cannot see (a shell, its children, a
 libc-level open through ctypes) shows as kernel/runtime events; a job cannot forge a record
 by writing tracer-shaped text, and cannot kill its tracer.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -13,12 +16,14 @@ from conftest import require, run
 from detain.errors import ProtectionError
 from detain.report.outside_trace import merge, parse
 
-TRACED = ("bwrap", "landlock")
+TRACED = ("bwrap", "landlock", "podman")
 
 
 @pytest.fixture(params=TRACED)
 def traced(request) -> str:
     require(request.param)
+    if request.param == "podman" and os.geteuid() != 0:
+        pytest.skip("rootless podman cannot be traced from outside")
     return request.param
 
 
@@ -177,7 +182,8 @@ def test_an_exec_of_a_memfd_is_fileless(traced):
         assert event["severity"] == "high"
         assert event["summary"].startswith("fileless exec /memfd:payload")
     by_path = {e["detail"]["path"]: e for e in fileless}
-    assert set(by_path) == {"", "/proc/self/fd/3"}
+    assert len(by_path) == 2 and "" in by_path  # the memfd's number varies per backend
+    assert all(path.startswith("/proc/self/fd/") for path in by_path if path)
     assert by_path[""]["detail"]["requested_at"] == "<string>:9"
 
 

@@ -299,10 +299,7 @@ class Backend:
             # Exec'd after the drop to the run's uid, which may not reach it where it lies.
             launch.argv[0] = ctx.setup.program(run.path, launch.argv[0])
             if policy.trace and self.outside_trace:
-                from ..host.tracer import OutsideTrace  # only traced runs load it
-
-                started.tracer = OutsideTrace(run.path, self.trace_machinery(launch))
-                ctx.setup.confine.append(started.tracer.child_step)
+                started.tracer = self.outside_tracer(ctx, launch)
             elif policy.trace and not getattr(self, "supports_trace", False):
                 raise ProtectionError(f"--trace: the {self.name} backend cannot be traced "
                                       "from outside; use --backend bwrap, landlock or gvisor")
@@ -436,6 +433,14 @@ class Backend:
             for release in started.launch.release if started.launch is not None else ():
                 release()
             started.run.close()
+
+    def outside_tracer(self, ctx: RunContext, launch: Launch) -> OutsideTrace:
+        """This run's tracer, started, and joined in the sandbox process's fork-exec step."""
+        from ..host.tracer import OutsideTrace  # only traced runs load it
+
+        tracer = OutsideTrace(ctx.run.path, self.trace_machinery(launch))
+        ctx.setup.confine.append(tracer.child_step)
+        return tracer
 
     def trace_machinery(self, launch: Launch) -> str | None:
         """The sandbox tool the process first execs (whose own processes are not the

@@ -55,9 +55,8 @@ class ContainerBackend(Backend):
         if policy.image and not self.supports_image:
             raise DetainError(f"the {self.name} backend cannot run a local image (--image); "
                               "use --backend podman or docker for images")
-        if policy.trace and not self.supports_trace:
-            raise ProtectionError(f"--trace {policy.trace} needs gVisor's kernel-side trace; "
-                                  "use --backend gvisor")
+        if policy.trace and not (self.supports_trace or self.outside_trace):
+            raise ProtectionError(f"--trace {policy.trace}: {self.trace_refusal()}")
         # The engine (or runsc) needs root for its own work and applies uid and cgroup to
         # the container itself; detain's fork-exec step must leave it as it is.
         ctx.setup.uid = None
@@ -86,6 +85,11 @@ class ContainerBackend(Backend):
         return launch
 
     supports_trace = False
+
+    def trace_refusal(self) -> str:
+        """Why `--trace` cannot run on this backend here, and what to use instead."""
+        return ("this backend has no kernel-side trace; use --backend gvisor, or podman as "
+                "root")
 
     def container_launch(self, ctx: RunContext, binds: list[Bind], command: list[str],
               user: tuple[int, int]) -> Launch:

@@ -68,6 +68,11 @@ class DockerBackend(EngineBackend):
                                 "DOCKER_HOST")
         return Probe(True, version=version, details=(("path", docker),))
 
+    def trace_refusal(self) -> str:
+        return ("docker cannot be traced from outside: dockerd, not detain, starts the "
+                "container and takes no per-run OCI hook, so no tracer can seize it before "
+                "the job runs; use --backend podman (as root), bwrap, landlock or gvisor")
+
     def engine(self, ctx: RunContext) -> tuple[list[str], dict[str, str]]:
         docker = shutil.which("docker")
         if docker is None:

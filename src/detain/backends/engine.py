@@ -17,7 +17,13 @@ from ..policy import SCRATCH
 from .base import Launch, RunContext
 from .container import ContainerBackend
 
+TYPE_CHECKING = False  # as in base.py: typing is not imported at run time
+if TYPE_CHECKING:
+    from ..host.tracer import OutsideTrace
+
 STOP_TIMEOUT = 60
+ENV = "/usr/bin/env"  # the container's command, which execs the launcher
+HOOK_DIR = "trace-hooks"  # in the run dir: the engine's --hooks-dir when traced
 
 
 class EngineBackend(ContainerBackend):
@@ -45,7 +51,7 @@ class EngineBackend(ContainerBackend):
         """Engines add variables of their own (HOSTNAME, container=podman) that no flag
         removes, so the launcher starts through `env -i` with exactly the policy's."""
         env = [f"{k}={v}" for k, v in self.guest_environment(ctx).items()]
-        return ["/usr/bin/env", "-i", *env, *command]
+        return [ENV, "-i", *env, *command]
 
     def container_launch(self, ctx: RunContext, binds: list[Bind], command: list[str],
               user: tuple[int, int]) -> Launch:
@@ -53,10 +59,12 @@ class EngineBackend(ContainerBackend):
         prefix, env = self.engine(ctx)
         name = f"detain-{ctx.run.path.name}"
         ctx.extra["container"] = name
-        argv = [*prefix, "run", "--rm", "--name", name, "--label", f"detain.run={ctx.run.path}",
+        traced = bool(ctx.policy.trace)  # the tracer's hook and stops (host/trace_hook.py)
+        argv = [*prefix, *(["--hooks-dir", str(ctx.run.path / HOOK_DIR)] if traced else ()),
+                "run", "--rm", "--name", name, "--label", f"detain.run={ctx.run.path}",
                 "--network", "none", "--read-only", "--cap-drop", "ALL",
                 "--security-opt", "no-new-privileges",
-                "--security-opt", f"seccomp={seccomp_oci.profile_path()}",
+                "--security-opt", f"seccomp={seccomp_oci.profile_path(traced)}",
                 "--user", f"{user[0]}:{user[1]}", "--workdir", SCRATCH, "--hostname", "detain",
                 "--ulimit", f"nofile={lim.open_files}:{lim.open_files}",
                 "--ulimit", f"nproc={lim.processes}:{lim.processes}",
@@ -75,6 +83,14 @@ class EngineBackend(ContainerBackend):
         ctx.run.record(containers.KIND, {"remove": self.remove(prefix, name), "env": env})
         argv += [*self.root(ctx), *self.wrap(ctx, command)]
         return Launch(argv, env=env)
+
+    def outside_tracer(self, ctx: RunContext, launch: Launch) -> OutsideTrace:
+        """Joined by the engine's OCI hook (host/trace_hook.py), not by a fork-exec step:
+        detain's own child is the engine's client, which is never traced; the command's
+        `env` is the machinery, its exec of the launcher the job's first."""
+        from ..host.trace_hook import HookedTrace  # only traced runs load the tracer
+
+        return HookedTrace(ctx.run.path, ENV, HOOK_DIR)
 
     def remove(self, prefix: list[str], name: str) -> list[str]:
         """The command that removes the container at once, running or not."""

@@ -93,6 +93,16 @@ class PodmanBackend(EngineBackend):
         return Probe(True, version=version, details=(("path", podman), ("runtime", runtime[1]),
                                                      ("mode", self.mode())))
 
+    @property
+    def outside_trace(self) -> bool:  # type: ignore[override]
+        """Rootful only: the tracer (host/trace_hook.py) must ptrace the container's init."""
+        return os.geteuid() == 0
+
+    def trace_refusal(self) -> str:
+        return ("rootless podman cannot be traced from outside (the tracer would need to "
+                "ptrace the container's init, which runs in podman's user namespace); run "
+                "detain as root, or use --backend bwrap or landlock")
+
     @staticmethod
     def mode() -> str:
         return "rootful" if os.geteuid() == 0 else "rootless"

@@ -101,11 +101,9 @@ class OutsideTrace:
     (`child_step`), read back once the run is over (`collect`)."""
 
     def __init__(self, run_dir: Path, machinery: str | None) -> None:
-        self.program = seccomp.Program(filter_path())
         self.path = run_dir / "outside-trace.jsonl"
         out = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        request_read, self._request = os.pipe()
-        self._go, go_write = os.pipe()
+        request_read, go_write = self._handshake(run_dir)
         table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
         try:
             os.write(out, (HEADER + "\n").encode())
@@ -123,6 +121,15 @@ class OutsideTrace:
             for fd in (out, request_read, go_write):
                 os.close(fd)
         _libc()  # loaded here: the child's step must not import
+
+    def _handshake(self, run_dir: Path) -> tuple[int, int]:
+        """The tracer's ends of the handshake (the pid it is to seize comes in on the
+        first, it answers on the second); the other ends are kept for the sandbox
+        process, which inherits them."""
+        self.program = seccomp.Program(filter_path())
+        request_read, self._request = os.pipe()
+        self._go, go_write = os.pipe()
+        return request_read, go_write
 
     def child_step(self) -> None:
         """In the sandbox process, between fork and exec: be seized, then load the filter.
@@ -143,6 +150,9 @@ class OutsideTrace:
 
     def started(self) -> None:
         """Once the sandbox process exists, its ends of the handshake are its own."""
+        self._close_handshake()
+
+    def _close_handshake(self) -> None:
         for fd in (self._request, self._go):
             if fd >= 0:
                 os.close(fd)
@@ -150,7 +160,7 @@ class OutsideTrace:
 
     def collect(self) -> str:
         """The raw records, once the tracer has followed the last tracee out; capped."""
-        self.started()
+        self._close_handshake()
         try:
             self.proc.wait(timeout=END_SECONDS)
         except subprocess.TimeoutExpired:
@@ -164,7 +174,7 @@ class OutsideTrace:
 
     def close(self) -> None:
         """End the tracer if it is still there (its tracees die with it) and reap it."""
-        self.started()
+        self._close_handshake()
         if self.proc.returncode is None:
             try:
                 self.proc.kill()
