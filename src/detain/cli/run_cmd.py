@@ -87,7 +87,8 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     containers.add_argument("--trace", choices=("syscalls",), nargs="?", const="syscalls",
                             help="observe every process of the sandbox from outside: "
                             "execs with argv, opens, connections, file changes, as "
-                            "kernel/runtime events (bwrap, landlock: a ptrace tracer; "
+                            "kernel/runtime events (bwrap, landlock, podman as root: a "
+                            "ptrace tracer; "
                             "gvisor: its kernel's trace); on by default for detain package "
                             "and detain pytest where the backend allows")
     limits = parser.add_argument_group("limits")
