@@ -30,7 +30,6 @@ from ..host import containers, seccomp_oci
 from ..host.rootfs import Bind
 from ..host.tools import tool_output, tool_version
 from ..policy import SCRATCH
-from ..report.kernel_trace import read_trace
 from ..result import Result
 from . import Probe
 from .base import Launch, RunContext
@@ -167,6 +166,8 @@ class GvisorBackend(ContainerBackend):
     def _fill(self, result: Result, ctx: RunContext, outcome) -> None:
         super()._fill(result, ctx, outcome)
         if "trace_dir" in ctx.extra:
+            from ..report.kernel_trace import read_trace  # only --trace runs load it
+
             result.trace = read_trace(ctx.extra["trace_dir"], ctx.policy.limits.output_bytes)
         if outcome.timed_out or ctx.cgroup is None:
             return
