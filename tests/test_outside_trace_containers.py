@@ -9,13 +9,18 @@ backend-independent cases on podman too.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import leftovers, require, run
+from detain.backends.podman import find_runtime
 from detain.errors import ProtectionError
+from detain.host import seccomp_oci
 
 EXEC_AND_CONNECT = """
 import subprocess, sys
@@ -104,6 +109,48 @@ def test_a_syscall_of_another_abi_cannot_pass_the_tracer_unseen(podman):
     result = run("podman", FOREIGN_ABI, trace="syscalls")
     assert b"i386 syscall ran" not in result.stdout
     assert result.signal == 31  # SIGSYS: the traced profile admits the native ABI only
+
+
+def test_if_the_tracer_dies_the_container_dies_with_it(podman, state_dir):
+    code = "import time\nopen('started', 'w').close()\ntime.sleep(60)\nprint('survived')"
+    results: list = []
+    runner = threading.Thread(target=lambda: results.append(
+        run("podman", code, trace="syscalls", timeout=90)))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not list(state_dir.glob("run-*/scratch/started")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tracers = _tracers()
+    assert len(tracers) == 1, tracers
+    os.kill(tracers[0], signal.SIGKILL)  # this test's own child
+    runner.join(30)
+    result = results[0]
+    assert result.signal == signal.SIGKILL and b"survived" not in result.stdout
+    assert result.wall_seconds < 30
+    assert any("closing record is missing" in f for f in result.behaviour["integrity"]["flags"])
+    assert not leftovers(state_dir) and not _containers(state_dir)
+
+
+def test_the_traced_profile_runs_nothing_without_its_tracer(podman, tmp_path):
+    """The profile alone (no hook, no tracer): the command's exec fails (ENOSYS), so a
+    container whose tracer never attached cannot run the job untraced."""
+    for name in ("usr", "etc", "proc", "dev", "sys", "tmp"):
+        (tmp_path / name).mkdir()
+    for link in ("bin", "lib", "lib64"):
+        (tmp_path / link).symlink_to(f"usr/{link}")
+    statuses = {}
+    for traced in (False, True):
+        done = subprocess.run(
+            ["podman", "--runtime", find_runtime()[0], "--cgroup-manager", "cgroupfs", "run",
+             "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
+             "--ulimit", "nproc=1024:1024", "--security-opt", "no-new-privileges",
+             "--security-opt", f"seccomp={seccomp_oci.profile_path(traced)}",
+             "--mount", "type=bind,source=/usr,destination=/usr,readonly",
+             "--rootfs", str(tmp_path), "/usr/bin/env", "echo", "ran"],
+            capture_output=True, timeout=120, check=False)
+        statuses[traced] = (done.returncode, done.stdout)
+    assert statuses[False] == (0, b"ran\n")
+    assert statuses[True][0] != 0 and b"ran" not in statuses[True][1]
 
 
 def test_docker_refuses_trace_and_says_why():
