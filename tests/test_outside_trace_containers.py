@@ -153,6 +153,20 @@ def test_the_traced_profile_runs_nothing_without_its_tracer(podman, tmp_path):
     assert statuses[True][0] != 0 and b"ran" not in statuses[True][1]
 
 
+def test_rootless_podman_refuses_trace_saying_what_to_use():
+    """Run again as an ordinary user with subordinate ids (tests/as_user.py)."""
+    require("podman")
+    if os.geteuid() == 0:
+        from as_user import run_tests_as_user
+
+        run_tests_as_user("rootless_podman_refuses", ["tests/test_outside_trace_containers.py"],
+                          subids=True)
+        return
+    with pytest.raises(ProtectionError, match=r"rootless podman.*run detain as root, or use "
+                                              r"--backend bwrap or landlock"):
+        run("podman", "pass", trace="syscalls")
+
+
 def test_docker_refuses_trace_and_says_why():
     require("docker")
     with pytest.raises(ProtectionError, match=r"no per-run OCI hook.*--backend podman"):

@@ -7,7 +7,8 @@ conmon and runc make them), so the tracer cannot be joined as on bwrap. Instead:
     tracer attached such a syscall fails with ENOSYS, so the job cannot run untraced;
   * a per-run `createRuntime` hook (podman `--hooks-dir`, the run's own dir) runs on the
     host as root while runc's init process waits, before it has loaded that profile or
-    exec'd anything. runc hands the hook the container's state (its init's host pid) on
+    exec'd anything (the flag replaces the system's hook dirs for the run, so no other
+    hook runs there). runc hands the hook the container's state (its init's host pid) on
     stdin; the hook passes the pid to the tracer through a FIFO in the run dir and waits
     until the tracer has seized it (PTRACE_SEIZE, EXITKILL). If the tracer cannot, the
     hook fails and runc refuses to start the container.
