@@ -61,11 +61,41 @@ def dynamic(sdist: Path, seconds: float) -> dict[str, Any]:
         report = {}
     verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else {}
     level = verdict.get("level")
-    highs = [f"{p.get('phase')}: {e.get('summary')}"[:160] for p in report.get("phases") or []
-             for e in (p.get("report") or {}).get("events") or [] if e.get("severity") == "high"]
+    events = [e for p in report.get("phases") or [] if isinstance(p, dict)
+              for e in (p.get("report") or {}).get("events") or []
+              if isinstance(e, dict) and e.get("severity") == "high"]
+    highs = [f"{e.get('phase')}: {e.get('summary')}"[:160] for e in events]
+    located = [{"file": e.get("file"), "line": e.get("line"), "phase": e.get("phase"),
+                "summary": str(e.get("summary"))[:160]} for e in events]
     return {"exit": done.returncode, "verdict": level if isinstance(level, str) else None,
             "reasons": verdict.get("reasons") or [], "dynamic_highs": highs[:5],
+            "high_events": located[:500],
             "decoys": bool(report.get("decoys")), "seconds": report.get("seconds")}
+
+
+def deed_lines(sample) -> dict[str, list[int]]:
+    """file -> the line numbers of the sample's deeds (its labels name them by text)."""
+    lines = {}
+    for name, pieces in sample.deeds.items():
+        text = sample.files[name]
+        numbers = [n for n, line in enumerate(text.splitlines(), 1)
+                   if any(piece in line for piece in pieces)]
+        assert numbers, (sample.name, name)
+        lines[name] = numbers
+    return lines
+
+
+def at_deed(event: dict[str, Any], deeds: dict[str, list[int]]) -> bool:
+    """Whether a report's event points at one of the deed lines."""
+    where = str(event.get("file") or "")
+    return any((where == name or where.endswith("/" + name)) and event.get("line") in lines
+               for name, lines in deeds.items())
+
+
+def in_package(event: dict[str, Any], deeds: dict[str, list[int]]) -> bool:
+    """Whether the event is attributed to a file of the package's deeds (not pip, detain…)."""
+    where = str(event.get("file") or "")
+    return any(where == name or where.endswith("/" + name) for name in deeds)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for sample, sdist in malicious:
         rows.append({"package": sample.name, "label": "malicious", "category": sample.category,
-                     "what": sample.what, "sdist": sdist})
+                     "what": sample.what, "sdist": sdist, "deeds": deed_lines(sample),
+                     "hidden": sample.hidden})
     rows += [{"package": spec, "label": "benign", "category": "popular", "sdist": sdist}
              for spec, sdist in benign[:args.benign_limit]]
     if args.only:
@@ -152,6 +183,7 @@ def render(result: dict[str, Any]) -> None:
                   f"{row.get('verdict')}; {'; '.join(row.get('reasons') or [])} "
                   f"{'; '.join(row.get('dynamic_highs') or [])}")
     if result["dynamic"]:
+        _render_attribution(bad)
         decoyed = sum(bool(r.get("decoys")) for r in rows)
         print(f"  decoy credentials were present in {decoyed}/{len(rows)} dynamic runs")
     rules = Counter(rule for r in good for rule in r["rules"])
@@ -160,6 +192,36 @@ def render(result: dict[str, Any]) -> None:
                                                              rules.most_common()))
     for note in result["missing"]:
         print(f"  not in the corpus: {note}")
+
+
+def _render_attribution(bad: list[dict[str, Any]]) -> None:
+    """The issue's dynamic goal: every runnable behaviour observed, >= 95% at its file:line.
+
+    Per sample whose deed runs here: observed when the report has a high event of its
+    own (from the audit hook or the outside trace); located when one of them points at a
+    deed line. Per event: of the high events attributed to a file with deeds, how many
+    point at a deed line (the rest point at another line of the package)."""
+    runnable = [r for r in bad if r.get("deeds") and r.get("exit") is not None]
+    observed = [r for r in runnable if r.get("high_events")]
+    located = [r for r in runnable
+               if any(at_deed(e, r["deeds"]) for e in r.get("high_events") or [])]
+    events = [(r, e) for r in runnable for e in r.get("high_events") or []
+              if in_package(e, r["deeds"])]
+    right = sum(at_deed(e, r["deeds"]) for r, e in events)
+    share = len(located) / len(runnable) if runnable else 0.0
+    print(f"\ndynamic: runnable behaviours observed {_rate(len(observed), len(runnable))}; "
+          f"at the right file:line {_rate(len(located), len(runnable))} (goal >= 95%: "
+          f"{'met' if share >= 0.95 else 'NOT met'}); high events in the package's deed "
+          f"files at a deed line {_rate(right, len(events))}")
+    for row in runnable:
+        if row not in located:
+            seen = "; ".join(f"{e['file']}:{e['line']} {e['summary'][:60]}"
+                             for e in (row.get("high_events") or [])[:4]) or "no high event"
+            print(f"  not located: {row['package']} (deeds {row['deeds']}): {seen}")
+    hidden = [r for r in bad if r.get("hidden")]
+    if hidden:
+        print(f"  not runnable here ({len(hidden)}): " + "; ".join(
+            f"{r['package']}: {r['hidden']}" for r in hidden))
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.request
@@ -62,10 +63,13 @@ def canary():
     c.sock.close()
 
 
-def build_wheel(dest: Path, name: str, files: dict[str, bytes]) -> Path:
-    """A minimal, valid py3-none-any wheel holding `files`."""
+def build_wheel(dest: Path, name: str, files: dict[str, bytes],
+                requires: tuple[str, ...] = ()) -> Path:
+    """A minimal, valid py3-none-any wheel holding `files`, depending on `requires`."""
     dist = f"{name}-1.0.dist-info"
-    meta = {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
+    declared = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    meta = {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+                                f"{declared}".encode(),
             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
                              b"Tag: py3-none-any\n"}
     everything = {**files, **meta}
@@ -202,3 +206,37 @@ def test_directory_spec(tmp_path):
     assert report["fetch"]["kind"] == "directory"
     assert [p["status"] for p in report["phases"]] == [0, 0], report["phases"][0]["output_tail"]
     shutil.rmtree(project)
+
+
+def test_a_dependency_s_work_is_the_package_s_line_through_it(tmp_path, monkeypatch, request):
+    """Vetting a package that depends on another: what the dependency does when the
+    package calls it is reported at the package's own line, `through` the dependency; the
+    dependency's import-time capability probe (a bind to port 0) is no high finding."""
+    if reason := index_reachable():  # pip still asks the index (find-links come first)
+        pytest.skip(reason)
+    dep = "detain_selftest_netdep"
+    links = Path(tempfile.mkdtemp(dir="/var/tmp"))  # /tmp is the sandbox's own: not mounted
+    request.addfinalizer(lambda: shutil.rmtree(links))
+    links.chmod(0o755)  # read by the run's own uid
+    build_wheel(links, dep, {f"{dep}.py": (
+        b"import socket\n"
+        b"_probe = socket.socket()\n_probe.bind(('127.0.0.1', 0))\n_probe.close()\n"
+        b"def send():\n"
+        b"    try:\n"
+        b"        socket.create_connection(('198.51.100.9', 80), timeout=1).close()\n"
+        b"    except OSError:\n"
+        b"        pass\n")})
+    user = build_wheel(tmp_path, "detain_selftest_depuser", {
+        "detain_selftest_depuser/__init__.py": f"import {dep}\n{dep}.send()\n".encode()},
+        requires=(dep,))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    report = vet(str(user), policy())
+    assert [p["status"] for p in report["phases"]] == [0, 0], report["phases"]
+    imported = events(report, "import")
+    sent = [e for e in imported if e["event"] == "socket.connect"
+            and "198.51.100.9" in str(e["detail"])]
+    assert sent and sent[0]["file"] == "detain_selftest_depuser/__init__.py", imported
+    assert sent[0]["line"] == 2 and sent[0]["through"] == dep
+    probes = [e for e in imported if e["event"] in ("socket.bind", "kernel.bind")]
+    assert probes and all(e["severity"] == "low" for e in probes), probes
+    assert all(e.get("through") == dep for e in probes if e["event"] == "socket.bind")

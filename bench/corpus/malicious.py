@@ -20,6 +20,8 @@ from setuptools import setup
 
 setup(name={name!r}, version="0.1.0", packages=[{name!r}])
 """
+# As malware on PyPI does, a sample that imports a library declares it.
+REQUIRING_SETUP = PLAIN_SETUP.replace("])", "],\n      install_requires={requires!r})")
 SENDER = """\
 import json, os, socket, urllib.request
 
@@ -43,6 +45,11 @@ class Sample:
     category: str
     files: dict[str, str | bytes] = field(default_factory=dict)
     what: str = ""
+    # Where its behaviour runs when `detain package` installs and imports it: file -> the
+    # lines (by a piece of their text) an observed event must point at. Empty: nothing of
+    # it runs here, and `hidden` says why.
+    deeds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hidden: str = ""
 
 
 def _src(text: str) -> str:
@@ -95,7 +102,7 @@ def samples() -> list[Sample]:
                 setup(name="sshkey-sync", version="1.0", cmdclass=dict(develop=develop))
                 """)}),
         Sample("chromepass", "credential-theft-import", what="import copies browser logins",
-               files={"setup.py": PLAIN_SETUP.format(name="chromepass"),
+               files={"setup.py": REQUIRING_SETUP.format(name="chromepass", requires=["requests"]),
                       "chromepass/__init__.py": _src("""
                 import os, shutil, tempfile, requests
 
@@ -162,7 +169,8 @@ def samples() -> list[Sample]:
                                                   "phone_home('import')\n",
                       "colorlog_ext/_t.py": SENDER}),
         Sample("reqs-telemetry", "exfiltration-requests", what="requests.post of identity",
-               files={"setup.py": PLAIN_SETUP.format(name="reqs_telemetry"),
+               files={"setup.py": REQUIRING_SETUP.format(name="reqs_telemetry",
+                                                         requires=["requests"]),
                       "reqs_telemetry/__init__.py": _src("""
                 import getpass, platform, requests
                 info = {"user": getpass.getuser(), "node": platform.node(),
@@ -173,7 +181,8 @@ def samples() -> list[Sample]:
                     pass
                 """)}),
         Sample("session-keepalive", "exfiltration-requests", what="Session.put of env vars",
-               files={"setup.py": PLAIN_SETUP.format(name="session_keepalive"),
+               files={"setup.py": REQUIRING_SETUP.format(name="session_keepalive",
+                                                         requires=["requests"]),
                       "session_keepalive/__init__.py": _src("""
                 import os
                 from requests import Session
@@ -207,7 +216,7 @@ def samples() -> list[Sample]:
                         pass
                 """)}),
         Sample("resolver-cache", "exfiltration-dns", what="TXT lookups carry a token", files={
-            "setup.py": PLAIN_SETUP.format(name="resolver_cache"),
+            "setup.py": REQUIRING_SETUP.format(name="resolver_cache", requires=["dnspython"]),
             "resolver_cache/__init__.py": _src("""
                 import os, base64
                 import dns.resolver
@@ -412,4 +421,56 @@ def samples() -> list[Sample]:
                 shot.save(buf, "PNG")
                 """)}),
     ]
+    for sample in out:
+        sample.deeds = DEEDS.get(sample.name, {})
+        sample.hidden = HIDDEN.get(sample.name, "")
+        assert bool(sample.deeds) != bool(sample.hidden), sample.name
     return out
+
+
+# The labels of the dynamic column: where each sample's deed is, or why none runs here.
+DEEDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "awscli-helpers": {"setup.py": ("data = open(p)", "urllib.request.urlopen(")},
+    "chromepass": {"chromepass/__init__.py": ("shutil.copy(", "requests.post(")},
+    "pypi-token-check": {"pypi_token_check/__init__.py": (
+        "with open(os.path.join(home", "socket.create_connection(", "s.sendall(")},
+    "wallet-backup": {"wallet_backup/net.py": ("urllib.request.urlopen(",),
+                      "wallet_backup/__init__.py": ("z.write(f)", "send(buf.getvalue())")},
+    "reqs-telemetry": {"reqs_telemetry/__init__.py": ("requests.post(",)},
+    "session-keepalive": {"session_keepalive/__init__.py": ("s.put(",)},
+    "resolver-cache": {"resolver_cache/__init__.py": ('os.getenv("GITHUB_TOKEN"',
+                                                      "dns.resolver.resolve(")},
+    "envsync": {"envsync/__init__.py": ("os.environ.items()", "r.urlopen(")},
+    "colorlog-ext": {"colorlog_ext/_t.py": ("urllib.request.urlopen(req",)},
+    "curl-uploader": {"curl_uploader/__init__.py": ("subprocess.run([",)},
+    "build-helper": {"setup.py": ("os.system(",)},
+    "dns-stats": {"dns_stats/__init__.py": ("socket.gethostbyname(",)},
+    "sockmon": {"sockmon/__init__.py": ("s.connect((", "s.sendall(")},
+    "udp-heartbeat": {"udp_heartbeat/__init__.py": ("u.sendto(",)},
+    "fastjsonx": {"fastjsonx/__init__.py": ("exec(zlib",)},
+    "marshal-cache": {"marshal_cache/__init__.py": ("types.FunctionType(",)},
+    "rot-utils": {"rot_utils/__init__.py": ("exec(code)",)},
+    "reverse-str": {"setup.py": ("eval(compile(",)},
+    "sysutil-lite": {"sysutil_lite/__init__.py": ('run("uname',)},
+    "builtins-mirror": {"builtins_mirror/__init__.py": ("IIlIIlII(llIIllII)",)},
+    "charcode": {"charcode/__init__.py": ("exec(",)},
+    "shell-theme": {"shell_theme/__init__.py": ('p.open("a")',)},
+    "auto-updater": {"auto_updater/__init__.py": (
+        "os.makedirs(", "with open(os.path.join(unit_dir", "subprocess.run(")},
+    "site-boost": {"setup.py": ('with open(target, "w")',)},
+    "egg-fetch": {"setup.py": ("urllib.request.urlretrieve(", "os.chmod(dst",
+                               "subprocess.Popen([dst])")},
+    "native-loader": {"native_loader/__init__.py": (
+        "with open(p, 'wb')", "os.chmod(p", "subprocess.Popen([p])")},
+    "speedups-bin": {"speedups_bin/__init__.py": ("ctypes.CDLL(",)},
+}
+HIDDEN = {
+    "sshkey-sync": "a develop hook: `pip install` never runs it",
+    "post-develop": "a develop hook: `pip install` never runs it",
+    "armored-core": "the PyArmor runtime shipped is a stub that does nothing",
+    "win-startup": "Windows only (winreg)",
+    "mac-helper": "ships a Mach-O binary that nothing runs",
+    "clipwatch": "imports pyperclip, which it does not declare: ImportError first",
+    "keystats": "imports pynput, which it does not declare: ImportError first",
+    "screen-share": "imports PIL, which it does not declare: ImportError first",
+}

@@ -68,7 +68,7 @@ WATCH.update({"compile": "code", "exec": "code", "import": "import",
 DIRECT = frozenset(("code", "import", "deserialize"))
 # Not reported themselves: the first socket object is when connect/sendto get wrapped; a
 # relay carries a child process's record.
-SETUP = ("socket.__new__", "detain.relay", "detain.guest")
+SETUP = ("socket.__new__", "detain.relay", "detain.guest", "detain.dependencies")
 WATCH.update(dict.fromkeys(SETUP, "setup"))
 VIA_CAP = 8
 STACK_CAP = 300  # frames looked through for an exec'd file's module frame
@@ -176,6 +176,9 @@ class Auditor:
         self.job_root = job_root
         self.sockets_wrapped = False
         self.guest_claimed = False
+        # file -> distribution, for the vetted package's dependencies (package_phase.py's
+        # import phase claims them first); None: a dependency lies in a site-packages dir
+        self.dependencies = None
         self.nested = {}  # exec'd module code -> the code objects it defines
         self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
         self.stream = None  # a forked process's label (after_fork); None: the launcher's
@@ -201,6 +204,8 @@ class Auditor:
         packages = ("site-packages" + os.sep in filename or "dist-packages" + os.sep in filename)
         if filename.startswith(self.stdlib) and not packages:
             return STDLIB
+        if self.dependencies is not None and filename in self.dependencies:
+            return DEPENDENCY
         if self.roots is not None:
             return JOB if filename.startswith(self.roots) else DEPENDENCY
         return DEPENDENCY if packages else JOB
@@ -228,18 +233,34 @@ class Auditor:
             return self.resolve(frame, None)
         if event.startswith("os.environ."):
             return self.locate_environ(frame)
-        through = None
+        through = outermost = None
         while frame is not None:
             filename = frame.f_code.co_filename
             if filename.startswith("<frozen importlib"):
-                return None
+                if through is None:
+                    return None
+                # a dependency's own work while it is imported: the code under test that
+                # imported it is where it came from
+                frame = frame.f_back
+                continue
             kind = self.classify(filename)
             if kind in UNDER_TEST:
                 return self.resolve(frame, through)
-            if kind == DEPENDENCY and through is None:
-                through = dependency_name(filename)
+            if kind == DEPENDENCY:
+                if through is None:
+                    through, outermost = self.dependency_name(filename), frame
             frame = frame.f_back
+        if outermost is not None and self.dependencies is not None:
+            # vetting: what a dependency did with no code of the package above it (a
+            # thread, an atexit handler, a file misfiled as a dependency's) is still shown,
+            # at the dependency's own line: a classification moves an event, never drops it
+            return (clip(outermost.f_code.co_filename), outermost.f_lineno or 0, [], through)
         return None
+
+    def dependency_name(self, filename):
+        if self.dependencies is not None:
+            return self.dependencies.get(filename) or dependency_name(filename)
+        return dependency_name(filename)
 
     def locate_environ(self, frame):
         """An environment read is the job's only when its own code asked (os.environ[...],
@@ -340,6 +361,9 @@ class Auditor:
             # any package code runs; only the first claim counts.
             self.guest_claimed = True
             self.kinds[str(args[0])] = GUEST
+        elif event == "detain.dependencies" and self.dependencies is None and args and \
+                isinstance(args[0], dict):
+            self.dependencies = {str(k): clip(v) for k, v in args[0].items()}
 
     def relay(self, record):
         """A child process's record (written by its own hook), renumbered into this

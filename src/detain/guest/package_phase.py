@@ -1,8 +1,8 @@
 """Inside the sandbox: one phase of `detain package` (stdlib only).
 
     package_phase.py install TARGET_DIR ARTIFACT [PIP_OPTIONS...]
-    package_phase.py import SITE_DIR TIMEOUT
-    package_phase.py exercise SITE_DIR TIMEOUT
+    package_phase.py import SITE_DIR TIMEOUT [PROJECT]
+    package_phase.py exercise SITE_DIR TIMEOUT [PROJECT]
 
 install: a throw-away venv in scratch runs pip (from the interpreter's bundled wheel, as
 guest/deps.py finds it) to install the artifact and its dependencies into TARGET_DIR; sdists
@@ -15,16 +15,23 @@ import: SITE_DIR is added as a site dir (so its .pth files run, as they would in
 environment), then every top-level module and submodule is imported, each under a timeout.
 exercise: after importing, every public function that takes no required argument is
 called once, each under a timeout — package-analysis's idea of exercising the code.
+PROJECT (the vetted package's canonical name, from the host) tells its files from its
+dependencies': only its own modules are imported (a dependency runs as the package imports
+it), and the audit hook is told, before any of it runs, which files are the dependencies'
+(from their RECORDs), so that what requests does is reported at the package's line that
+called it, `through` requests.
 
 The outcome is printed as one `DETAIN-PHASE {json}` line on stdout: produced in the same
 process as the package's code, it is in-process evidence like the audit events.
 """
 
+import csv
 import importlib
 import inspect
 import json
 import os
 import pkgutil
+import re
 import signal
 import site
 import subprocess
@@ -34,6 +41,7 @@ import warnings
 MARKER = "DETAIN-PHASE "
 MAX_MODULES = 500
 MAX_CALLS = 500
+MAX_RECORDED = 200000  # files of the dependencies' RECORDs told to the hook
 
 
 class PhaseTimeout(BaseException):
@@ -191,10 +199,48 @@ def top_level(site_dir):
     return sorted(n for n in names if n.isidentifier() and n not in ("bin", "tests", "test"))
 
 
-def import_all(site_dir, seconds):
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def recorded(site_dir, dist_info):
+    """The files a dist-info's RECORD lists, as absolute paths (capped)."""
+    paths = []
+    try:
+        with open(os.path.join(site_dir, dist_info, "RECORD"), encoding="utf-8",
+                  errors="replace") as handle:
+            for row in csv.reader(handle):
+                if row and len(paths) < MAX_RECORDED:
+                    paths.append(os.path.normpath(os.path.join(site_dir, row[0])))
+    except (OSError, csv.Error):
+        pass
+    return paths
+
+
+def split_site(site_dir, project):
+    """(the package's own top-level names, or None when it is not found; every file its
+    dependencies' RECORDs list, with the distribution's name)."""
+    own, dependencies = None, {}
+    for entry in sorted(os.listdir(site_dir)):
+        if not entry.endswith(".dist-info"):
+            continue
+        files = recorded(site_dir, entry)
+        name = entry[:-len(".dist-info")].rpartition("-")[0]
+        if canonical(name) == project:
+            own = {os.path.relpath(f, site_dir).split(os.sep)[0] for f in files}
+            own = {n[:-3] if n.endswith(".py") else n.split(".", 1)[0] for n in own}
+        elif len(dependencies) < MAX_RECORDED:
+            dependencies.update(dict.fromkeys(files, name))
+    return own, dependencies
+
+
+def import_all(site_dir, seconds, own=None):
     site.addsitedir(site_dir)
     results = {}
-    for name in top_level(site_dir):
+    names = top_level(site_dir)
+    if own:
+        names = [n for n in names if n in own] or names
+    for name in names:
         results[name] = limited(seconds, importlib.import_module, name)
         module = sys.modules.get(name)
         if not results[name][0] or not hasattr(module, "__path__"):
@@ -239,7 +285,12 @@ def main():
         outcome = install(first, rest[0], rest[1:])
     else:
         seconds = float(rest[0])
-        imported = import_all(first, seconds)
+        own = None
+        if len(rest) > 1:
+            own, dependencies = split_site(first, canonical(rest[1]))
+            if own:  # claimed before any of the site's code runs; only the first claim counts
+                sys.audit("detain.dependencies", dependencies)
+        imported = import_all(first, seconds, own)
         outcome = {"ok": True, "modules": {k: v[1] for k, v in imported.items()}}
         if phase == "exercise":
             ok = [k for k, v in imported.items() if v[0]]

@@ -36,6 +36,7 @@ from ..result import Result
 from .decoys import HOME as DECOY_HOME
 from .decoys import Decoys, plant
 from .fetch import fetch
+from .identity import project_name
 from .index import IndexConfig, pin_hosts, read_config
 from .own import PHASE_SCRIPT, Own
 from .unpack import unpack
@@ -136,10 +137,14 @@ def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path,
 
 
 def run_code(name: str, site: Path, policy: Policy, seconds: float,
-             scan: dict[str, Any] | None = None, decoys: Decoys | None = None) -> dict:
+             scan: dict[str, Any] | None = None, decoys: Decoys | None = None,
+             project: str | None = None) -> dict:
+    """The import (or exercise) phase. `project` (the vetted package's name, as the host
+    knows it) lets the phase tell its dependencies' files from the package's own."""
     phase_policy = replace(policy, allow_hosts=(), copy_out=(),
                            mounts=(*policy.mounts, Mount(site, SITE_MOUNT)))
-    job = Job.script(PHASE_SCRIPT, name, SITE_MOUNT, str(seconds))
+    job = Job.script(PHASE_SCRIPT, name, SITE_MOUNT, str(seconds),
+                     *([project] if project else []))
     return phase_report(name, Sandbox(phase_policy).run(job), scan, decoys)
 
 
@@ -190,15 +195,17 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
         say(f"install (sandboxed; network: the package index only{rest}; decoy credentials "
             f"in {DECOY_HOME})")
         installed = install(artifact, policy, config, work, static, decoys)
+        project = project_name(artifact)
         phases = [installed]
         site = installed.pop("site")
         if installed["status"] == 0 and site.is_dir():
             say(f"import every module (sandboxed; {'sinkhole' if sinkhole else 'no'} network)")
-            phases.append(run_code("import", site, policy, seconds, static, decoys))
+            phases.append(run_code("import", site, policy, seconds, static, decoys, project))
             if exercise:
                 say("exercise public functions (sandboxed; "
                     f"{'sinkhole' if sinkhole else 'no'} network)")
-                phases.append(run_code("exercise", site, policy, seconds, static, decoys))
+                phases.append(run_code("exercise", site, policy, seconds, static, decoys,
+                                       project))
     return {"spec": spec, "fetch": fetched, "scan": static, "phases": phases,
             "verdict": package_verdict(phases, static),
             "decoys": decoys.describe(),

@@ -12,6 +12,7 @@ not proof: the provenance of every such event is `in-process`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from ..host.supervise import CHANNEL_CAP
@@ -106,7 +107,30 @@ def summary_of(event: str, detail: dict[str, Any]) -> str:
     return event
 
 
-def severity_of(category: str, detail: dict[str, Any]) -> str:
+# Network syscalls that are plumbing, not evidence of egress:
+#  * a bind to port 0 of any address: an ephemeral port, no listener (a listen() is its own
+#    event) and nothing sent; libraries do it to probe a capability at import (urllib3
+#    binds ::1 to learn whether IPv6 works);
+#  * glibc's resolver asking the kernel for the host's addresses (a netlink socket, family
+#    16, for AI_ADDRCONFIG) and trying nscd's socket: every name lookup does both. The
+#    lookup itself is reported (the DNS query, the connection that follows).
+# Matches the hook's repr of an address tuple and the outside/gVisor trace's targets.
+EPHEMERAL_BIND = re.compile(r"^\('[0-9a-fA-F:.%\w]*', 0[,)]|^(\[[0-9a-fA-F:.%\w]*\]|[0-9.]+):0$")
+RESOLVER_PLUMBING = ("family 16", "/var/run/nscd/socket", "/run/nscd/socket")
+
+
+def network_severity(event: str, target: str) -> str | None:
+    """"low" for the network plumbing above, None for any other event."""
+    if event in ("socket.bind", "bind") and EPHEMERAL_BIND.search(target):
+        return "low"
+    if event in ("bind", "sendto", "connect") and target in RESOLVER_PLUMBING:
+        return "low"
+    return None
+
+
+def severity_of(category: str, detail: dict[str, Any], event: str = "") -> str:
+    if category == "network" and network_severity(event, str(detail.get("address", ""))):
+        return "low"
     if category == "file-read" and any(s in str(detail.get("path", "")) for s in SENSITIVE):
         return "high"
     if category == "env" and "name" not in detail:  # the whole environment walked
@@ -256,7 +280,7 @@ def _event(record: dict, job_root: str, suspect: list[str]) -> dict[str, Any]:
         file = file[len(job_root.rstrip("/")) + 1:]
     t_us = _int(record.get("t_us"))
     return {"seq": record.get("seq"), "t": round(t_us / 1e6, 6) if t_us is not None else None,
-            "event": name, "category": category, "severity": severity_of(category, detail),
+            "event": name, "category": category, "severity": severity_of(category, detail, name),
             "file": file, "line": _int(record.get("line")), "detail": detail,
             "summary": summary_of(name, detail), "provenance": IN_PROCESS,
             "suspect": "; ".join(suspect) or None, **_origin(record)}

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .events import KERNEL, SEVERITY
+from .events import KERNEL, SEVERITY, network_severity
 
 MAX_PER_CATEGORY = 2000
 TARGET_CAP = 300
@@ -161,7 +161,8 @@ class Merged:
         self.per_category[category] = self.per_category.get(category, 0) + 1
         event = self.merged[key] = {
             "seq": None, "t": round(t, 6), "event": f"kernel.{syscall}",
-            "category": category, "severity": severity or SEVERITY[category], "file": None,
+            "category": category, "file": None,
+            "severity": severity or network_severity(syscall, target) or SEVERITY[category],
             "line": None, "detail": {"syscall": syscall, "target": target[:TARGET_CAP],
                                      "outcome": outcome, **detail, "count": 1},
             "summary": f"{syscall} {target[:200]} ({outcome})", "provenance": KERNEL,
