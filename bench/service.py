@@ -3,17 +3,20 @@
 Two jobs: `print(42)`, and a grading job of 10 test cases (one submission each, the way a
 judge grades, stdin and expected output per case). Two set-ups: embedded (one
 `detain serve --http`, SQLite, 2 workers) and scaled out (the API, Redis, PostgreSQL and
-two `detain worker`s of concurrency 1). Each is loaded by C concurrent clients on loopback.
-Beside them, a warm `Sandbox.run` of the same job on the same backend: p50 of a
-submission should stay within 2x of it. Needs the service extra, redis-server and
-PostgreSQL (`make test` installs them).
+two `detain worker`s of concurrency 1). Each is loaded by C concurrent clients on loopback,
+each keeping its connection open. Beside each, measured in the same run just before it, the
+warm API on the same backend: one `Sandbox(warm=C)` run by C threads, the most the sandboxes
+alone can do here, and a lone warm run's p50 (the issue's goal: a submission's p50 within 2x
+of it; "x API" compares with the API under the same C callers). The distributed set-up
+needs redis-server and PostgreSQL (`make test` installs them); `--embedded` leaves it out.
 
-    python bench/service.py [--seconds S] [--clients C] [--backend bwrap]
+    python bench/service.py [--seconds S] [--clients C] [--backend bwrap] [--embedded]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -23,8 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_servers import TOKEN, Postgres, Redis, Server
@@ -32,28 +35,35 @@ from service_servers import TOKEN, Postgres, Redis, Server
 GRADER = "n = int(input())\nprint(sum(range(n)))\n"
 
 
-def post(url: str, body: dict) -> float:
-    request = urllib.request.Request(url + "/submissions?wait=true", data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json",
-                                                             "X-Auth-Token": TOKEN})
-    started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=120) as answer:
+class Client:
+    """One HTTP/1.1 connection kept open, as a service's clients keep theirs."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+
+    def __call__(self, body: dict) -> None:
+        self.connection.request("POST", "/submissions?wait=true", json.dumps(body),
+                                {"Content-Type": "application/json", "X-Auth-Token": TOKEN})
+        answer = self.connection.getresponse()
         shown = json.loads(answer.read())
-    if shown["status"]["id"] != 3:
-        raise RuntimeError(f"a submission was not accepted: {shown}")
-    return time.perf_counter() - started
+        if answer.status != 201 or shown["status"]["id"] != 3:
+            raise RuntimeError(f"a submission was not accepted: {answer.status} {shown}")
 
 
-def load(url: str, bodies: list[dict], seconds: float, clients: int) -> tuple[float, list[float]]:
-    """Submissions/s and every latency, `clients` threads cycling through `bodies`."""
+def load(call, jobs: list, seconds: float, clients: int) -> tuple[float, list[float]]:
+    """Calls/s and every latency: `clients` threads, each with its own `call()`, cycling
+    through `jobs` for `seconds`."""
     latencies: list[float] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
     def client(offset: int) -> None:
-        n = offset
+        run, n = call(), offset
         while time.monotonic() < stop:
-            took = post(url, bodies[n % len(bodies)])
+            started = time.perf_counter()
+            run(jobs[n % len(jobs)])
+            took = time.perf_counter() - started
             with lock:
                 latencies.append(took)
             n += 1
@@ -67,26 +77,54 @@ def load(url: str, bodies: list[dict], seconds: float, clients: int) -> tuple[fl
     return len(latencies) / (time.perf_counter() - started), latencies
 
 
-def warm_api(backend: str, runs: int = 30) -> float:
+def warm_api(backend: str, bodies: list[dict], seconds: float, clients: int
+             ) -> tuple[float, list[float], float]:
+    """The API on the jobs of `bodies`: calls/s and latencies of `clients` threads on one
+    warm Sandbox, and a lone warm run's p50 (after the spares are ready each time)."""
     from detain import Policy, Sandbox
     from detain.job import Job
 
-    with Sandbox(Policy(backend=backend), warm=1) as box:
+    jobs = [Job.code(b["source_code"], stdin=b.get("stdin", "").encode()) for b in bodies]
+
+    def check(box: Sandbox, job: Job) -> None:
+        result = box.run(job)
+        if result.exit_code != 0 or result.error:
+            raise RuntimeError(f"a warm run failed: {result.error or result.stderr[-300:]}")
+
+    with Sandbox(Policy(backend=backend), warm=clients) as box:
         box.wait_warm()
-        took = []
-        for _ in range(runs):
+        lone = []
+        for n in range(30):
             box.wait_warm()
             started = time.perf_counter()
-            box.run(Job.code("print(42)"))
-            took.append(time.perf_counter() - started)
-    return statistics.median(took)
+            check(box, jobs[n % len(jobs)])
+            lone.append(time.perf_counter() - started)
+        box.wait_warm()
+        rate, latencies = load(lambda: lambda job: check(box, job), jobs, seconds, clients)
+    return rate, latencies, statistics.median(lone)
 
 
-def report(name: str, rate: float, latencies: list[float], warm: float) -> None:
+def report(name: str, rate: float, latencies: list[float], api: tuple | None = None) -> None:
+    """One line; beside the service's, how it compares with the API of the same run."""
     cut = statistics.quantiles(latencies, n=100)
     p50, p99 = statistics.median(latencies), cut[98]
-    print(f"{name:<34} {rate:7.1f}/s  p50 {p50 * 1000:7.1f} ms ({p50 / warm:4.1f}x warm API)  "
-          f"p99 {p99 * 1000:7.1f} ms  n={len(latencies)}")
+    line = (f"{name:<30} {rate:6.1f}/s  p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms  "
+            f"n={len(latencies)}")
+    if api is not None:
+        api_rate, api_latencies, lone = api
+        line += (f"  | {rate / api_rate:4.0%} of the API's rate, p50 "
+                 f"{p50 / statistics.median(api_latencies):3.1f}x the API's with as many "
+                 f"callers, {p50 / lone:3.1f}x a lone warm run")
+    print(line)
+
+
+def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace) -> None:
+    """The warm API on these jobs, then the service on the same, one line each."""
+    api = warm_api(args.backend, bodies, args.seconds, args.clients)
+    report(f"  warm API, {name}", api[0], api[1])
+    print(f"  lone warm run, {name}: p50 {api[2] * 1000:.1f} ms")
+    report(f"  service, {name}", *load(lambda: Client(url), bodies, args.seconds,
+                                        args.clients), api)
 
 
 def main() -> None:
@@ -94,6 +132,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--backend", default="bwrap")
+    parser.add_argument("--embedded", action="store_true",
+                        help="leave out the distributed set-up (Redis, PostgreSQL, workers)")
+    parser.add_argument("--workers", type=int, default=2, help="of the embedded server")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="detain-bench-service-", dir="/var/tmp"))
     os.chmod(root, 0o711)
@@ -104,17 +145,19 @@ def main() -> None:
     jobs = {"print(42)": [{"language_id": 71, "source_code": "print(42)"}],
             "grading, 10 cases": [{"language_id": 71, "source_code": GRADER, "stdin": f"{n}\n",
                                    "expected_output": f"{sum(range(n))}\n"} for n in range(10)]}
-    warm = warm_api(args.backend)
-    print(f"warm Sandbox.run of print(42) on {args.backend}: {warm * 1000:.1f} ms; "
-          f"{args.clients} clients, {args.seconds:g} s each")
+    print(f"{args.backend}, {args.clients} clients, {args.seconds:g} s each, "
+          f"{os.cpu_count()} CPUs")
     try:
-        embedded = Server(root / "embedded", "--tokens", str(tokens), "--workers", "2")
+        embedded = Server(root / "embedded", "--tokens", str(tokens), "--workers",
+                          str(args.workers))
+        print(f"embedded, {args.workers} workers:")
         try:
             for name, bodies in jobs.items():
-                report(f"embedded, {name}", *load(embedded.url, bodies, args.seconds,
-                                                  args.clients), warm)
+                compare(name, embedded.url, bodies, args)
         finally:
             embedded.stop()
+        if args.embedded:
+            return
         redis, postgres = Redis(root / "redis"), Postgres(root / "pg")
         common = ["--broker", redis.url, "--database", postgres.url, "--tokens", str(tokens)]
         api = Server(root / "api", *common)
@@ -124,10 +167,10 @@ def main() -> None:
                                      "--concurrency", "1", *common], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for i in range(2)]
+        print("2 workers of concurrency 1 (the API, Redis and PostgreSQL on the same CPUs):")
         try:
             for name, bodies in jobs.items():
-                report(f"2 workers, {name}", *load(api.url, bodies, args.seconds,
-                                                   args.clients), warm)
+                compare(name, api.url, bodies, args)
         finally:
             for worker in workers:
                 worker.terminate()

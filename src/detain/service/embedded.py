@@ -40,7 +40,9 @@ class Embedded:
         with self._lock:
             future = self._futures.get(token)
         if future is not None:
-            await asyncio.wrap_future(future)
+            record = await asyncio.wrap_future(future)  # the row as the run left it
+            if record is not None and record["state"] == DONE:
+                return record
         return await poll(self.store, token)
 
     def backlog(self) -> int:

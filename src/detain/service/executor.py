@@ -80,13 +80,15 @@ class Executor:
         finally:
             self.metrics.running.dec()
         self.metrics.seconds.observe(time.monotonic() - began)
-        if self.store.finish(token, response):
-            status = response.get("status_id", response.get("result", {}).get("status"))
-            self.metrics.finished.labels(record["kind"], str(status)).inc()
-            url = record["request"].get("callback_url")
-            if url:
-                self._call_back(url, token)
-        return self.store.get(token)
+        finished = self.store.finish(token, response)
+        if finished is None:  # deleted, or finished by another attempt meanwhile
+            return self.store.get(token)
+        status = response.get("status_id", response.get("result", {}).get("status"))
+        self.metrics.finished.labels(record["kind"], str(status)).inc()
+        url = record["request"].get("callback_url")
+        if url:
+            self._call_back(url, finished)
+        return finished
 
     def _ceiling(self, record: dict[str, Any]):
         caller = self.tokens.named(record["owner"])
@@ -117,12 +119,9 @@ class Executor:
             return {"status_id": 13, "error": str(exc)}
         return runs.response(result)
 
-    def _call_back(self, url: str, token: str) -> None:
-        record = self.store.get(token)
-        if record is None:
-            return
+    def _call_back(self, url: str, record: dict[str, Any]) -> None:
         shown = judge0.view({**record["request"], **(record["response"] or {}),
-                             "token": token, "created_at": record["created_at"],
+                             "token": record["token"], "created_at": record["created_at"],
                              "finished_at": record["finished_at"]},
                             judge0.DEFAULT_FIELDS, encoded=True)
         threading.Thread(target=callback.deliver, args=(url, shown, self.callbacks_allowed),

@@ -1,0 +1,93 @@
+"""Group commit for the SQLite store: many threads' writes, one transaction and one fsync.
+
+Each accepted submission is written three times (accepted, running, done), each write a
+durable commit, and SQLite has one writer at a time. Committed one by one, the writers
+queued behind each other's fsync: under load the embedded server spent more time waiting
+for the store than running sandboxes. Here one thread takes every write waiting at that
+moment, runs them in one transaction and commits once; each caller gets its own result
+after the commit, so a write that returned is as durable as before.
+
+A batch that fails is rolled back and its writes are retried one transaction each, so a
+bad write fails alone and the others are not lost with it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+T = TypeVar("T")
+Write = Callable[[Connection], Any]
+BATCH_MAX = 64  # writes in one transaction: a burst still commits every few ms
+
+
+class GroupCommit:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._queue: queue.SimpleQueue[tuple[Write, Future] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()  # no write is queued behind the stop
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name="detain-store-writer")
+        self._thread.start()
+
+    def __call__(self, write: Callable[[Connection], T]) -> T:
+        """Run `write` in a transaction shared with the writes waiting now; its result
+        once that transaction is committed (or its exception)."""
+        future: Future = Future()
+        with self._lock:
+            queued = not self._closed
+            if queued:
+                self._queue.put((write, future))
+        return future.result() if queued else transaction(self._engine, write)
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stopping = [first], False
+            while len(batch) < BATCH_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stopping:
+                return
+
+    def _commit(self, batch: list[tuple[Write, Future]]) -> None:
+        try:
+            with self._engine.begin() as conn:
+                results = [write(conn) for write, _ in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+                return
+            for item in batch:
+                self._commit([item])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
+
+    def close(self) -> None:
+        """Commit what is waiting, then stop; later writes commit alone."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+
+def transaction(engine: Engine, write: Callable[[Connection], T]) -> T:
+    """`write` in a transaction of its own (PostgreSQL's writes: it commits concurrently)."""
+    with engine.begin() as conn:
+        return write(conn)
