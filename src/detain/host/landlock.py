@@ -43,7 +43,23 @@ def _lib():
     except ImportError as exc:
         raise BackendUnavailable(f"the landlock backend needs landlockpy ({exc}); "
                                  "pip install landlockpy") from None
+    _preload_libc(landlockpy)
     return landlockpy
+
+
+def _preload_libc(landlockpy) -> None:
+    """Hand landlockpy the C library it would look up itself: its lookup,
+    ctypes.util.find_library("c"), runs `ldconfig -p`, a process of its own on every
+    cold run. The process's own symbols (CDLL(None)) hold the same syscall() and prctl()."""
+    import ctypes
+
+    syscalls = getattr(landlockpy, "_syscall", None)
+    if syscalls is None or getattr(syscalls, "_libc", True) is not None:
+        return  # another landlockpy, or loaded already: leave it to its own lookup
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    libc.prctl.restype = ctypes.c_int
+    syscalls._libc = libc
 
 
 def abi() -> int:
