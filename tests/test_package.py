@@ -240,3 +240,19 @@ def test_a_dependency_s_work_is_the_package_s_line_through_it(tmp_path, monkeypa
     probes = [e for e in imported if e["event"] in ("socket.bind", "kernel.bind")]
     assert probes and all(e["severity"] == "low" for e in probes), probes
     assert all(e.get("through") == dep for e in probes if e["event"] == "socket.bind")
+
+
+def test_pips_configured_ca_bundle_is_handed_to_the_install_phase(tmp_path, monkeypatch):
+    """A proxy that re-signs TLS (or a private index) is trusted through pip's `cert`
+    setting; the install phase's pip runs --isolated, so detain passes it on."""
+    from detain.package.index import read_config
+    from detain.package.phases import CERT_MOUNT, _index_access
+
+    bundle = tmp_path / "corp-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("PIP_CERT", str(bundle))
+    mounts, options = _index_access(read_config(), policy())
+    assert options[options.index("--cert") + 1] == CERT_MOUNT
+    assert any(m.host == bundle and m.sandbox == CERT_MOUNT and not m.writable for m in mounts)
+    monkeypatch.setenv("PIP_CERT", str(tmp_path / "missing.pem"))
+    assert "--cert" not in _index_access(read_config(), policy())[1]

@@ -78,8 +78,9 @@ class Needs:
             return "shows --mount inputs read-only only"
         if self.image and not getattr(backend, "supports_image", False):
             return "cannot run a local image (--image)"
-        if self.trace and not getattr(backend, "supports_trace", False):
-            return "has no kernel-side syscall trace (--trace)"
+        if self.trace and not (getattr(backend, "supports_trace", False)
+                               or getattr(backend, "outside_trace", False)):
+            return "cannot be traced (--trace)"
         return None
 
 

@@ -25,7 +25,7 @@ from ..net.rules import parse_ip, split_host_port
 
 PYPI = "https://pypi.org/simple"
 PYPI_FILES = "files.pythonhosted.org"
-_KEYS = ("index-url", "extra-index-url", "find-links")
+_KEYS = ("index-url", "extra-index-url", "find-links", "cert")
 
 
 @dataclass
@@ -34,6 +34,9 @@ class IndexConfig:
 
     index_urls: list[str] = field(default_factory=list)
     find_links: list[str] = field(default_factory=list)
+    # the CA bundle pip is told to trust (a proxy that re-signs TLS, a private index): the
+    # install phase's pip runs --isolated, so it is handed on explicitly
+    cert: str | None = None
 
     @property
     def hosts(self) -> list[str]:
@@ -104,6 +107,8 @@ def read_config() -> IndexConfig:
     config.index_urls = [values.get("index-url", PYPI).split()[0]]
     config.index_urls += values.get("extra-index-url", "").split()
     config.find_links = values.get("find-links", "").split()
+    cert = values.get("cert", "").strip()
+    config.cert = cert if cert and os.path.isfile(cert) else None
     return config
 
 

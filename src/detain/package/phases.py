@@ -44,6 +44,7 @@ from .unpack import unpack
 MARKER = b"DETAIN-PHASE "
 ARTIFACT_MOUNT = "/mnt/artifact"
 SITE_MOUNT = "/mnt/site"
+CERT_MOUNT = "/mnt/pip-cert.pem"  # pip's configured CA bundle, wherever it lies on the host
 TARGET = f"{SCRATCH}/site"
 Progress = Callable[[str], None]
 
@@ -111,6 +112,9 @@ def _index_access(config: IndexConfig, policy: Policy) -> tuple[tuple[Mount, ...
         options += ["--index-url", usable[0]]
         for url in usable[1:]:
             options += ["--extra-index-url", url]
+    if config.cert:
+        mounts.append(Mount(Path(config.cert), CERT_MOUNT))
+        options += ["--cert", CERT_MOUNT]
     for link in config.find_links:
         if link.startswith(("http://", "https://")) or any(
                 link.removeprefix("file://").startswith(d) for d in local):
@@ -126,7 +130,10 @@ def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path,
     source = artifact if artifact.is_dir() else artifact.parent
     inside = ARTIFACT_MOUNT if artifact.is_dir() else f"{ARTIFACT_MOUNT}/{artifact.name}"
     allow = policy.allow_hosts or parse_rules(pin_hosts(config.hosts))
-    phase_policy = replace(policy, allow_hosts=allow,
+    # pip's own subprocess that installs build requirements is not handed --cert: requests
+    # (inside pip) takes the bundle from the environment there
+    cert_env = {"REQUESTS_CA_BUNDLE": CERT_MOUNT} if config.cert else {}
+    phase_policy = replace(policy, allow_hosts=allow, env={**policy.env, **cert_env},
                            mounts=(*policy.mounts, Mount(source, ARTIFACT_MOUNT), *index_mounts),
                            copy_out=(CopyOut(TARGET, out),))
     job = Job.script(PHASE_SCRIPT, "install", TARGET, inside, *pip_options)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..host.rootfs import GUEST_CHANNEL
 from ..host.tracer import HEADER
 from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS, with_flags
 from .kernel_trace import Merged
@@ -34,7 +35,8 @@ QUIET_READS = ("/usr/", "/lib", "/bin/", "/sbin/", "/etc/ld.so.", "/etc/localtim
                "/dev/random", "/dev/zero", "/detain/", "/sys/devices/system/cpu",
                "/proc/net/dev")  # the last: the launcher's own look at its interfaces
 QUIET_PARTS = ("/site-packages/", "/dist-packages/", "/__pycache__/", "/lib/python3")
-QUIET_WRITES = ("/dev/null", "/dev/tty")
+# /detain/channel: the launcher opens its channel where no fd can be handed in (podman)
+QUIET_WRITES = ("/dev/null", "/dev/tty", GUEST_CHANNEL)
 ARGV_SHOWN = 32
 FILE_WRITES = ("unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod", "fchmodat",
                "mkdir", "mkdirat", "symlink", "symlinkat", "link", "linkat")
