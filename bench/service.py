@@ -119,12 +119,16 @@ def report(name: str, rate: float, latencies: list[float], api: tuple | None = N
 
 
 def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace) -> None:
-    """The warm API on these jobs, then the service on the same, one line each."""
+    """The warm API on these jobs, then the service on the same: under load (C clients),
+    and one client alone, whose p50 is the one to hold against a lone warm run."""
     api = warm_api(args.backend, bodies, args.seconds, args.clients)
     report(f"  warm API, {name}", api[0], api[1])
-    print(f"  lone warm run, {name}: p50 {api[2] * 1000:.1f} ms")
     report(f"  service, {name}", *load(lambda: Client(url), bodies, args.seconds,
                                         args.clients), api)
+    rate, latencies = load(lambda: Client(url), bodies, args.seconds / 2, 1)
+    p50 = statistics.median(latencies)
+    print(f"  one client alone, {name}: {rate:.1f}/s, p50 {p50 * 1000:.1f} ms = "
+          f"{p50 / api[2]:.1f}x a lone warm run's {api[2] * 1000:.1f} ms")
 
 
 def main() -> None:

@@ -414,7 +414,7 @@ def test_the_store_commits_concurrent_writes_together(tmp_path):
     """The SQLite store's group commit: writes from many threads at once are all there
     after, each caller got its own answer, and a failing write (a token used twice) fails
     alone, not the writes that shared its transaction."""
-    from detain.service.store import Store
+    from detain.service.store import QueueFull, Store
 
     store = Store(f"sqlite:///{tmp_path / 'service.db'}")
     errors: list[str] = []
@@ -436,6 +436,9 @@ def test_the_store_commits_concurrent_writes_together(tmp_path):
     assert store.finish("t1", {"status_id": 3})["response"] == {"status_id": 3}
     assert store.finish("t1", {"status_id": 4}) is None  # a result is stored once
     assert store.counts() == {"queued": 39}
+    with pytest.raises(QueueFull):  # someone's queue share is full: counted with the insert
+        store.add("t99", "judge0", "someone", {}, most=39)
+    store.add("t99", "judge0", "another", {}, most=39)
     store.close()
     assert store.delete("t2")  # after close, a write commits on its own
     mode = (tmp_path / "service.db").stat().st_mode

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ..errors import DetainError
 from . import judge0, runs
-from .store import DONE
+from .store import DONE, QueueFull
 from .tokens import Caller
 
 BODY_CAP = 8 << 20
@@ -151,8 +151,10 @@ class Service:
         encoded = _flag(request, "base64_encoded")
         fields = judge0.fields_param(request.query_params.get("fields"))
         body = await _json(request)
-        token = await run_in_threadpool(self._accept, body, encoded, caller)
-        if not _flag(request, "wait"):
+        wait = _flag(request, "wait")
+        token = await run_in_threadpool(self._accept, body, encoded, caller,
+                                        not (wait and self.dispatcher.local))
+        if not wait:
             return JSONResponse({"token": token}, status_code=201)
         record = await self._finished(token)
         async with self._heavy:
@@ -215,7 +217,7 @@ class Service:
         await run_in_threadpool(self.store.delete, record["token"])
         return JSONResponse(self._shown(record, fields, _flag(request, "base64_encoded")))
 
-    def _accept(self, body: Any, encoded: bool, caller: Caller) -> str:
+    def _accept(self, body: Any, encoded: bool, caller: Caller, durable: bool = True) -> str:
         judge0.parse(body, encoded, caller.ceiling)  # a 422 now, not a failed run later
         request = {"body": body, "encoded": encoded}
         if isinstance(body.get("callback_url"), str):
@@ -223,17 +225,23 @@ class Service:
             if reason is not None:
                 raise judge0.Invalid({"callback_url": [reason]})
             request["callback_url"] = body["callback_url"]
-        return self._store(request, "judge0", caller)
+        return self._store(request, "judge0", caller, durable)
 
-    def _store(self, request: dict[str, Any], kind: str, caller: Caller) -> str:
+    def _store(self, request: dict[str, Any], kind: str, caller: Caller,
+               durable: bool = True) -> str:
+        """Store an accepted submission and dispatch it. Not `durable` for a client that
+        waits on the embedded server: the result's durable write, which comes after this
+        one through the same writer, before the client is answered, covers it."""
         if self.dispatcher.backlog() >= QUEUE_CAP:
             raise error(503, f"the queue is full ({QUEUE_CAP} submissions waiting); try again "
                              "later")
-        if self.store.waiting(caller.name) >= caller.queue:
-            raise error(429, f"this token already has {caller.queue} submissions waiting or "
-                             "running; wait for their results")
         token = str(uuid.uuid4())
-        self.store.add(token, kind, caller.name, request)
+        try:
+            self.store.add(token, kind, caller.name, request, most=caller.queue,
+                           durable=durable)
+        except QueueFull:
+            raise error(429, f"this token already has {caller.queue} submissions waiting or "
+                             "running; wait for their results") from None
         self.metrics.accepted.labels(kind).inc()
         self.dispatcher.accept(token)
         return token

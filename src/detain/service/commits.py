@@ -7,8 +7,17 @@ for the store than running sandboxes. Here one thread takes every write waiting 
 moment, runs them in one transaction and commits once; each caller gets its own result
 after the commit, so a write that returned is as durable as before.
 
+A write the caller need not wait on the disk for is `durable=False`: its caller has the
+result as soon as its statement ran, and the commit follows. Writes commit in the order
+they came, so a durable write's commit makes every earlier write durable too: marking a
+row running needs no fsync of its own (a crash leaves it queued, and queued rows run
+again), nor does accepting a submission whose client waits for the result (the result's
+commit covers the acceptance before the client hears of either).
+
 A batch that fails is rolled back and its writes are retried one transaction each, so a
-bad write fails alone and the others are not lost with it.
+bad write fails alone and the others are not lost with it (a write that already answered
+its caller is retried all the same; only a failure of its own goes unreported, which
+takes a disk that fails every commit, the next durable write's included).
 """
 
 from __future__ import annotations
@@ -23,27 +32,29 @@ from sqlalchemy.engine import Connection, Engine
 
 T = TypeVar("T")
 Write = Callable[[Connection], Any]
+Item = tuple[Write, Future, bool]  # the write, its caller's answer, durable
 BATCH_MAX = 64  # writes in one transaction: a burst still commits every few ms
 
 
 class GroupCommit:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._queue: queue.SimpleQueue[tuple[Write, Future] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()  # no write is queued behind the stop
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name="detain-store-writer")
         self._thread.start()
 
-    def __call__(self, write: Callable[[Connection], T]) -> T:
+    def __call__(self, write: Callable[[Connection], T], durable: bool = True) -> T:
         """Run `write` in a transaction shared with the writes waiting now; its result
-        once that transaction is committed (or its exception)."""
+        once that transaction is committed (or its statement has run, if not `durable`),
+        or its exception."""
         future: Future = Future()
         with self._lock:
             queued = not self._closed
             if queued:
-                self._queue.put((write, future))
+                self._queue.put((write, future, durable))
         return future.result() if queued else transaction(self._engine, write)
 
     def _serve(self) -> None:
@@ -65,19 +76,25 @@ class GroupCommit:
             if stopping:
                 return
 
-    def _commit(self, batch: list[tuple[Write, Future]]) -> None:
+    def _commit(self, batch: list[Item]) -> None:
+        results = []
         try:
             with self._engine.begin() as conn:
-                results = [write(conn) for write, _ in batch]
+                for write, future, durable in batch:
+                    results.append(write(conn))
+                    if not durable and not future.done():
+                        future.set_result(results[-1])
         except Exception as exc:
             if len(batch) == 1:
-                batch[0][1].set_exception(exc)
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
                 return
             for item in batch:
                 self._commit([item])
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+        for (_, future, _), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     def close(self) -> None:
         """Commit what is waiting, then stop; later writes commit alone."""

@@ -17,6 +17,8 @@ from .store import DONE, Store
 
 
 class Embedded:
+    local = True  # runs go through this process's store writer (store.py)
+
     def __init__(self, executor: Executor, callbacks_allowed: tuple[Network, ...] = ()) -> None:
         self.executor = executor
         self.store: Store = executor.store

@@ -81,26 +81,40 @@ class Store:
         if url.startswith("sqlite"):
             self._commits = GroupCommit(self.engine)
 
-    def add(self, token: str, kind: str, owner: str, request: dict[str, Any]) -> str:
+    def add(self, token: str, kind: str, owner: str, request: dict[str, Any], *,
+            most: int | None = None, durable: bool = True) -> str:
+        """Store an accepted submission, unless `owner` already has `most` unfinished
+        (QueueFull: counted in the same transaction, so concurrent requests cannot all
+        pass the check). `durable=False` when a durable write of it will follow before
+        anyone is told (its result, for a client that waits for it)."""
         created = now()
         row = insert(submissions).values(token=token, kind=kind, owner=owner, state=QUEUED,
                                          attempts=0, created_at=created,
                                          request=json.dumps(request))
-        self._write(lambda conn: conn.execute(row))
+
+        def write(conn: Connection) -> bool:
+            if most is not None and conn.execute(_waiting(owner)).scalar_one() >= most:
+                return False  # not an exception: that would fail the writes sharing its batch
+            conn.execute(row)
+            return True
+        if not self._write(write, durable):
+            raise QueueFull(most)
         return created
 
     def start(self, token: str, worker: str) -> dict[str, Any] | None:
-        """Mark a queued (or retried) row running; None if it is gone or already done."""
-        return self._unfinished_update(token, state=RUNNING, worker=worker,
+        """Mark a queued (or retried) row running; None if it is gone or already done.
+        Not synced on its own (a crash leaves the row queued, and it runs again)."""
+        return self._unfinished_update(token, False, state=RUNNING, worker=worker,
                                        attempts=submissions.c.attempts + 1)
 
     def finish(self, token: str, response: dict[str, Any]) -> dict[str, Any] | None:
         """Store the result once, and return the finished row: a second finish (a retried
         run) changes nothing and returns None."""
-        return self._unfinished_update(token, state=DONE, finished_at=now(),
+        return self._unfinished_update(token, True, state=DONE, finished_at=now(),
                                        response=json.dumps(response))
 
-    def _unfinished_update(self, token: str, **values: Any) -> dict[str, Any] | None:
+    def _unfinished_update(self, token: str, durable: bool, **values: Any
+                           ) -> dict[str, Any] | None:
         """Update the row if it is not done yet; the row as updated, read by the same
         statement (RETURNING: SQLite 3.35+, PostgreSQL)."""
         change = (update(submissions).where(submissions.c.token == token,
@@ -110,7 +124,7 @@ class Store:
         def write(conn: Connection) -> dict[str, Any] | None:
             row = conn.execute(change).first()
             return None if row is None else _record(row._mapping)
-        return self._write(write)
+        return self._write(write, durable)
 
     def get(self, token: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -142,13 +156,6 @@ class Store:
         with self.engine.connect() as conn:
             return [row.token for row in conn.execute(query)]
 
-    def waiting(self, owner: str) -> int:
-        """How many of `owner`'s submissions are queued or running."""
-        query = select(func.count()).select_from(submissions).where(
-            submissions.c.owner == owner, submissions.c.state.in_(UNFINISHED))
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
     def forget(self, seconds: float) -> int:
         """Delete results finished more than `seconds` ago (the store is not an archive)."""
         cutoff = (datetime.now(UTC) - timedelta(seconds=seconds)).strftime(STAMP)
@@ -163,17 +170,27 @@ class Store:
         with self.engine.connect() as conn:
             return {state: int(count) for state, count in conn.execute(query)}
 
-    def _write(self, write: Callable[[Connection], T]) -> T:
+    def _write(self, write: Callable[[Connection], T], durable: bool = True) -> T:
         """`write` committed: SQLite's in a group commit (one writer thread, no busy
-        retries), PostgreSQL's in a transaction of its own."""
+        retries), PostgreSQL's in a transaction of its own (always durable)."""
         if self._commits is None:
             return transaction(self.engine, write)
-        return self._commits(write)
+        return self._commits(write, durable)
 
     def close(self) -> None:
         if self._commits is not None:
             self._commits.close()
         self.engine.dispose()
+
+
+class QueueFull(Exception):
+    """The owner has as many submissions queued or running as it may."""
+
+
+def _waiting(owner: str) -> Any:
+    """How many of `owner`'s submissions are queued or running."""
+    return select(func.count()).select_from(submissions).where(
+        submissions.c.owner == owner, submissions.c.state.in_(UNFINISHED))
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -47,6 +47,8 @@ def celery_app(broker: str, redeliver: float = REDELIVER) -> Celery:
 class Distributed:
     """The API's dispatcher when scaled out: send, then read results from the store."""
 
+    local = False  # workers elsewhere read the rows: each must be committed before it is sent
+
     def __init__(self, store: Store, broker: str, callbacks_allowed: tuple[Network, ...] = (),
                  redeliver: float = REDELIVER) -> None:
         self.store = store
