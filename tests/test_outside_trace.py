@@ -62,6 +62,20 @@ def test_an_open_the_hook_saw_is_listed_once(traced):
     assert len(opens) == 1 and opens[0]["provenance"] == "in-process"
 
 
+def test_a_connection_the_hook_saw_is_listed_once_with_its_line(traced):
+    """The kernel's connect of the hooked interpreter corroborates the hook's event (IPv4
+    and IPv6, written differently by each) instead of standing apart without a line."""
+    code = ("import socket\nfor host in ('127.0.0.1', '::1'):\n    try:\n"
+            "        socket.create_connection((host, 9), timeout=1)\n"
+            "    except OSError:\n        pass\n")
+    result = run(traced, code, trace="syscalls")
+    connects = [e for e in result.behaviour["events"]
+                if e["event"] in ("socket.connect", "kernel.connect")]
+    # landlock without network refuses socket() itself: nothing to connect
+    assert [e["event"] for e in connects] == ["socket.connect"] * (traced != "landlock") * 2
+    assert all(e["line"] == 4 and "pid" in e["detail"]["kernel"] for e in connects)
+
+
 FORGE = r"""
 import os, sys
 record = '{"type":"syscall","syscall":"connect","pid":1,"exe":"/x","address":' \

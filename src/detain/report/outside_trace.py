@@ -21,7 +21,9 @@ file:line, itself in-process evidence).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import Any
 
 from ..host.rootfs import GUEST_CHANNEL
@@ -36,6 +38,7 @@ QUIET_READS = ("/usr/", "/lib", "/bin/", "/sbin/", "/etc/ld.so.", "/etc/localtim
                "/proc/net/dev")  # the last: the launcher's own look at its interfaces
 QUIET_PARTS = ("/site-packages/", "/dist-packages/", "/__pycache__/", "/lib/python3")
 # /detain/channel: the launcher opens its channel where no fd can be handed in (podman)
+HOOK_ADDRESS = re.compile(r"^\('([^']*)', (\d+)[,)]")  # the hook's ('host', port, ...)
 QUIET_WRITES = ("/dev/null", "/dev/tty", GUEST_CHANNEL)
 ARGV_SHOWN = 32
 FILE_WRITES = ("unlink", "unlinkat", "rename", "renameat", "renameat2", "chmod", "fchmodat",
@@ -226,8 +229,23 @@ def _hook_key(event: dict[str, Any]) -> tuple[str, str] | None:
         return (event["category"], str(path)) if path else None
     if event["category"] == "network":
         host, port = detail.get("host"), detail.get("port")
-        return ("network", f"{host}:{port}") if host not in (None, "") else None
+        if host in (None, "") and event["event"] in ("socket.connect", "socket.sendto"):
+            found = HOOK_ADDRESS.match(str(detail.get("address") or ""))
+            host, port = found.groups() if found else (None, None)
+        return ("network", _endpoint(str(host), port)) if host not in (None, "") else None
     return None
+
+
+def _endpoint(host: str, port: Any) -> str:
+    """host:port as the trace writes it ([v6]:port, the address in full), so that the
+    hook's ('::1', 80) and the kernel's [0:0:0:0:0:0:0:1]:80 are one endpoint."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    if address.version == 4:
+        return f"{address}:{port}"
+    return f"[{':'.join(f'{int(g, 16):x}' for g in address.exploded.split(':'))}]:{port}"
 
 
 def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = (),
@@ -241,8 +259,9 @@ def merge(behaviour: dict[str, Any], trace: str, quiet: tuple[str, ...] = (),
     spawns = _Spawns([e for e in events if e["event"] in SPAWNS])
     for event in events:
         key = _hook_key(event)
-        if key is not None:
-            by_key.setdefault(key, event)
+        if key is not None and (key not in by_key or event["event"] in ("socket.connect",
+                                                                        "socket.sendto")):
+            by_key[key] = event  # the connect itself answers the kernel's, not the lookup
     for event in kernel:
         detail = event["detail"]
         twin = by_key.get((event["category"], detail["target"])) if (
