@@ -80,6 +80,15 @@ def test_ordinary_build_work_is_clean(event):
     assert verdict([event], INDEX) == {"level": CLEAN, "reasons": [], "signals": {}}
 
 
+def test_what_makes_a_run_malicious_looking_is_high_in_the_table_too():
+    pth = {**hook("open", "file-write", path="/scratch/venv/site-packages/zzz.pth", mode="w"),
+           "severity": "medium"}
+    build = {**hook("open", "file-write", path="build/lib/pkg/__init__.py", mode="w"),
+             "severity": "medium"}
+    assert verdict([pth, build], INDEX)["level"] == MALICIOUS
+    assert (pth["severity"], build["severity"]) == ("high", "medium")
+
+
 def test_suspicious_and_the_reasons_are_few_and_varied():
     walked = hook("os.environ.iter", "env", variables=12)
     assert verdict([walked])["level"] == SUSPICIOUS

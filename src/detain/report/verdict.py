@@ -75,8 +75,15 @@ def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None) -> d
     """{level, reasons (at most 3, strongest first), signals (how many of each)} for events.
 
     `allowed`: the hosts the run's policy let through (rules as `str(HostRule)` gives
-    them); reaching them is not egress."""
-    return decide(signals(events, allowed or []))
+    them); reaching them is not egress. An event that makes a run malicious-looking is
+    high severity in the report too, whatever its category's usual one (a .pth written is
+    a file write, medium, but persistence): the table and the verdict never disagree."""
+    found = []
+    for event, signal in _signals(events, allowed or []):
+        if signal["level"] == MALICIOUS:
+            event["severity"] = "high"
+        found.append(signal)
+    return decide(found)
 
 
 def allowed_of(policy: dict[str, Any]) -> list[str]:
@@ -88,12 +95,19 @@ def allowed_of(policy: dict[str, Any]) -> list[str]:
 
 def signals(events: list[dict[str, Any]], allowed: list[str]) -> list[dict[str, str]]:
     """Every signal the events give: {level, kind, text}, in event order."""
+    return [signal for _event, signal in _signals(events, allowed)]
+
+
+def _signals(events: list[dict[str, Any]], allowed: list[str]
+             ) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(event, signal) for every event that gives one, in event order."""
     found = []
     # copying the whole environment (dict(os.environ)) reads every name once: a secret
     # name read on a line that walked it is part of that walk, not a targeted read
     walks = {(e.get("file"), e.get("line"), e.get("phase")) for e in events
              if e.get("category") == "env" and "name" not in (e.get("detail") or {})}
-    for event in events:
+    for original in events:
+        event = original
         if event.get("category") == "env" and (
                 event.get("file"), event.get("line"), event.get("phase")) in walks:
             event = {**event, "detail": {}}  # counted as the walk it belongs to
@@ -101,8 +115,9 @@ def signals(events: list[dict[str, Any]], allowed: list[str]) -> list[dict[str, 
         if signal is not None:
             level, kind, what = signal
             where = _where(event)
-            found.append({"level": level, "kind": kind,
-                          "text": f"{kind}: {what}" + (f" ({where})" if where else "")})
+            found.append((original, {"level": level, "kind": kind,
+                                     "text": f"{kind}: {what}" + (f" ({where})" if where
+                                                                  else "")}))
     return found
 
 
