@@ -237,13 +237,13 @@ class Service:
                              "later")
         token = str(uuid.uuid4())
         try:
-            self.store.add(token, kind, caller.name, request, most=caller.queue,
-                           durable=durable)
+            added = self.store.add(token, kind, caller.name, request, most=caller.queue,
+                                   durable=durable)
         except QueueFull:
             raise error(429, f"this token already has {caller.queue} submissions waiting or "
                              "running; wait for their results") from None
         self.metrics.accepted.labels(kind).inc()
-        self.dispatcher.accept(token)
+        self.dispatcher.accept(token, added)
         return token
 
     def _owned(self, token: str, caller: Caller, kind: str) -> dict[str, Any]:

@@ -50,12 +50,18 @@ class GroupCommit:
         """Run `write` in a transaction shared with the writes waiting now; its result
         once that transaction is committed (or its statement has run, if not `durable`),
         or its exception."""
+        future = self.submit(write, durable)
+        return future.result() if future is not None else transaction(self._engine, write)
+
+    def submit(self, write: Callable[[Connection], Any], durable: bool = True
+               ) -> Future | None:
+        """Queue `write` and return at once: the Future of its result (None once closed)."""
         future: Future = Future()
         with self._lock:
-            queued = not self._closed
-            if queued:
-                self._queue.put((write, future, durable))
-        return future.result() if queued else transaction(self._engine, write)
+            if self._closed:
+                return None
+            self._queue.put((write, future, durable))
+        return future
 
     def _serve(self) -> None:
         while True:

@@ -28,8 +28,8 @@ class Embedded:
         for token in self.store.unfinished():
             self.accept(token)
 
-    def accept(self, token: str) -> None:
-        future = self.executor.accept(token)
+    def accept(self, token: str, added: dict[str, Any] | None = None) -> None:
+        future = self.executor.accept(token, added)
         with self._lock:
             self._futures[token] = future
         future.add_done_callback(lambda _: self._forget(token))

@@ -60,14 +60,22 @@ class Executor:
         self._kinds: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "judge0": self._judge0, "run": self._detain_run}
 
-    def accept(self, token: str) -> Future:
+    def accept(self, token: str, added: dict[str, Any] | None = None) -> Future:
         """Run the stored row `token` on this process's pool; the future holds the row."""
         self.metrics.queued.inc()
-        return self._threads.submit(self.execute, token)
+        return self._threads.submit(self.execute, token, added)
 
-    def execute(self, token: str) -> dict[str, Any] | None:
+    def execute(self, token: str, added: dict[str, Any] | None = None
+                ) -> dict[str, Any] | None:
+        """Run the row `token` and store its result. `added`: the row as this process has
+        just stored it (embedded), which nothing else runs or deletes before it is done,
+        so it is marked running without waiting for the store."""
         self.metrics.queued.dec()
-        record = self.store.start(token, self.name)
+        if added is not None:
+            record = added
+            self.store.mark_running(token, self.name)
+        else:
+            record = self.store.start(token, self.name)
         if record is None:  # deleted, or finished by another attempt
             return self.store.get(token)
         self.metrics.running.inc()

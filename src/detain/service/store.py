@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -62,6 +63,21 @@ submissions = Table(
 )
 
 
+# The statements of every submission, built once: SQLAlchemy reuses their compiled form
+# by a cache key memoised on the statement (built per call, each cost ~4x as much).
+_C = submissions.c
+_INSERT = insert(submissions)
+_GET = select(submissions).where(_C.token == bindparam("b_token"))
+_WAITING = select(func.count()).select_from(submissions).where(
+    _C.owner == bindparam("b_owner"), _C.state.in_(UNFINISHED))
+_UNFINISHED_ROW = update(submissions).where(
+    _C.token == bindparam("b_token"), _C.state.in_(UNFINISHED)).returning(*submissions.c)
+_START = _UNFINISHED_ROW.values(state=RUNNING, worker=bindparam("b_worker"),
+                                attempts=_C.attempts + 1)
+_FINISH = _UNFINISHED_ROW.values(state=DONE, finished_at=bindparam("b_finished"),
+                                 response=bindparam("b_response"))
+
+
 def now() -> str:
     """Judge0's timestamp format (the official client parses exactly this)."""
     return datetime.now(UTC).strftime(STAMP)
@@ -82,53 +98,57 @@ class Store:
             self._commits = GroupCommit(self.engine)
 
     def add(self, token: str, kind: str, owner: str, request: dict[str, Any], *,
-            most: int | None = None, durable: bool = True) -> str:
+            most: int | None = None, durable: bool = True) -> dict[str, Any]:
         """Store an accepted submission, unless `owner` already has `most` unfinished
         (QueueFull: counted in the same transaction, so concurrent requests cannot all
-        pass the check). `durable=False` when a durable write of it will follow before
-        anyone is told (its result, for a client that waits for it)."""
+        pass the check); the record as stored. `durable=False` when a durable write of it
+        will follow before anyone is told (its result, for a client that waits for it)."""
         created = now()
-        row = insert(submissions).values(token=token, kind=kind, owner=owner, state=QUEUED,
-                                         attempts=0, created_at=created,
-                                         request=json.dumps(request))
+        row = {"token": token, "kind": kind, "owner": owner, "state": QUEUED, "attempts": 0,
+               "created_at": created, "request": json.dumps(request)}
 
         def write(conn: Connection) -> bool:
-            if most is not None and conn.execute(_waiting(owner)).scalar_one() >= most:
+            if most is not None and conn.execute(_WAITING, {"b_owner": owner}).scalar_one() \
+                    >= most:
                 return False  # not an exception: that would fail the writes sharing its batch
-            conn.execute(row)
+            conn.execute(_INSERT, row)
             return True
         if not self._write(write, durable):
             raise QueueFull(most)
-        return created
+        return {**row, "worker": None, "finished_at": None, "request": request,
+                "response": None}
 
     def start(self, token: str, worker: str) -> dict[str, Any] | None:
         """Mark a queued (or retried) row running; None if it is gone or already done.
         Not synced on its own (a crash leaves the row queued, and it runs again)."""
-        return self._unfinished_update(token, False, state=RUNNING, worker=worker,
-                                       attempts=submissions.c.attempts + 1)
+        return self._unfinished_update(_START, {"b_token": token, "b_worker": worker}, False)
+
+    def mark_running(self, token: str, worker: str) -> None:
+        """`start` for a row this process has just added and alone runs (embedded): SQLite's
+        is queued behind the add, in order, and not waited for."""
+        values = {"b_token": token, "b_worker": worker}
+        if self._commits is None or self._commits.submit(
+                lambda conn: conn.execute(_START, values).close(), durable=False) is None:
+            self.start(token, worker)
 
     def finish(self, token: str, response: dict[str, Any]) -> dict[str, Any] | None:
         """Store the result once, and return the finished row: a second finish (a retried
         run) changes nothing and returns None."""
-        return self._unfinished_update(token, True, state=DONE, finished_at=now(),
-                                       response=json.dumps(response))
+        return self._unfinished_update(_FINISH, {"b_token": token, "b_finished": now(),
+                                                 "b_response": json.dumps(response)}, True)
 
-    def _unfinished_update(self, token: str, durable: bool, **values: Any
+    def _unfinished_update(self, change: Any, values: dict[str, Any], durable: bool
                            ) -> dict[str, Any] | None:
         """Update the row if it is not done yet; the row as updated, read by the same
         statement (RETURNING: SQLite 3.35+, PostgreSQL)."""
-        change = (update(submissions).where(submissions.c.token == token,
-                                            submissions.c.state.in_(UNFINISHED))
-                  .values(**values).returning(*submissions.c))
-
         def write(conn: Connection) -> dict[str, Any] | None:
-            row = conn.execute(change).first()
+            row = conn.execute(change, values).first()
             return None if row is None else _record(row._mapping)
         return self._write(write, durable)
 
     def get(self, token: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(submissions).where(submissions.c.token == token)).first()
+            row = conn.execute(_GET, {"b_token": token}).first()
         return None if row is None else _record(row._mapping)
 
     def many(self, tokens: list[str]) -> dict[str, dict[str, Any]]:
@@ -185,12 +205,6 @@ class Store:
 
 class QueueFull(Exception):
     """The owner has as many submissions queued or running as it may."""
-
-
-def _waiting(owner: str) -> Any:
-    """How many of `owner`'s submissions are queued or running."""
-    return select(func.count()).select_from(submissions).where(
-        submissions.c.owner == owner, submissions.c.state.in_(UNFINISHED))
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

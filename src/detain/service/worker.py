@@ -58,7 +58,8 @@ class Distributed:
         self._stop = threading.Event()
         threading.Thread(target=self._resend, daemon=True, name="detain-resend").start()
 
-    def accept(self, token: str) -> None:
+    def accept(self, token: str, added: dict[str, Any] | None = None) -> None:
+        """Send the row to a worker (which reads it from the store, not `added`)."""
         try:
             self.app.send_task(TASK, args=[token], retry=True, retry_policy={
                 "max_retries": 2, "interval_start": 0, "interval_step": 0.5,
