@@ -35,7 +35,7 @@ from ..microvm.image import GUEST_JOB, GUEST_LAUNCHER
 from ..policy import SCRATCH
 from ..result import Result
 from . import Probe
-from .base import Backend, Launch, RunContext
+from .base import SANDBOX_UID, Backend, Launch, RunContext
 
 QEMU_OVERHEAD = 768 << 20  # QEMU itself and TCG's translated-code cache, beside guest RAM
 QEMU_THREADS = 256
@@ -45,6 +45,7 @@ NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")
 class MicroVMBackend(Backend):
     name = "microvm"
     own_limits = True  # the guest kernel's cgroup and file systems hold them
+    outside_trace = True  # inside the guest, as guest root (microvm/trace.py)
 
     def probe(self) -> Probe:
         if platform.machine() != "x86_64":
@@ -63,8 +64,9 @@ class MicroVMBackend(Backend):
 
     def launch(self, ctx: RunContext) -> Launch:
         self._refuse_unsupported(ctx)
+        traced = bool(ctx.policy.trace)
         prepared = vm.prepare(ctx.interpreter, ctx.policy.limits.memory_bytes,
-                              ctx.policy.interpreter_flags)
+                              ctx.policy.interpreter_flags, trace=traced)
         message = self._message(ctx)
         paths = dataclasses.astuple(prepared.files)  # QEMU's uid may not reach the cache
         staged = ctx.setup.prepare_stage(ctx.run.path, [Path(p) for p in paths])
@@ -79,7 +81,8 @@ class MicroVMBackend(Backend):
             os.lseek(job_fd, 0, os.SEEK_SET)
             state_fd = os.open(prepared.state, os.O_RDONLY | os.O_CLOEXEC)
             opened.append(state_fd)
-            ports = ("stdout", "stderr", "status", *(("copyout",) if ctx.policy.copy_out else ()))
+            ports = ("stdout", "stderr", "status", *(("copyout",) if ctx.policy.copy_out else ()),
+                     *(("trace",) if traced else ()))
             pipes = {name: os.pipe() for name in ports}
             opened += [fd for pair in pipes.values() for fd in pair]
             slot = slots.acquire(cache_root() / "slots")
@@ -99,6 +102,11 @@ class MicroVMBackend(Backend):
                 ctx.run.path, transfer.copy_out_cap(ctx.policy.limits.disk_bytes))
             side_channels.append((pipes["copyout"][0], spool.feed))
             release.append(spool.close)
+        if traced:
+            from ..microvm.trace import GuestTrace  # only traced runs load the tracer's side
+
+            trace = ctx.extra["trace"] = GuestTrace()
+            side_channels.append((pipes["trace"][0], trace.feed))
         ctx.extra["prepared"] = prepared
         argv = machine.restore_args(files, prepared.accel, prepared.ram_mib, state_fd, job_fd,
                                     outputs)
@@ -106,6 +114,21 @@ class MicroVMBackend(Backend):
                       pass_fds=(job_fd, state_fd, slot, *(pair[1] for pair in pipes.values())),
                       job_output=(pipes["stdout"][0], pipes["stderr"][0]),
                       side_channels=tuple(side_channels), release=release)
+
+    def outside_tracer(self, ctx: RunContext, launch: Launch) -> Any:
+        """The guest's tracer, started by the guest init in the VM saved for traced runs;
+        its records arrive on the trace port (microvm/trace.py)."""
+        return ctx.extra["trace"]
+
+    @staticmethod
+    def _outside_trace(result: Result, ctx: RunContext, tracer: Any) -> None:
+        Backend._outside_trace(result, ctx, tracer)
+        if result.assurance:
+            result.assurance["outside_trace"] = (
+                "ptrace tracer inside the guest, as guest root outside the job's cgroup (the "
+                f"job runs as uid {SANDBOX_UID}): exec, open, connect/bind/sendto/sendmsg/listen, "
+                "unlink, rename, chmod, mkdir and links of every process; the job dies if "
+                "the tracer dies")
 
     @staticmethod
     def _refuse_unsupported(ctx: RunContext) -> None:

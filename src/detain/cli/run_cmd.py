@@ -88,7 +88,7 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
                             help="observe every process of the sandbox from outside: "
                             "execs with argv, opens, connections, file changes, as "
                             "kernel/runtime events (bwrap, landlock, podman as root: a "
-                            "ptrace tracer; "
+                            "ptrace tracer; microvm: the same tracer inside the guest; "
                             "gvisor: its kernel's trace); on by default for detain package "
                             "and detain pytest where the backend allows")
     limits = parser.add_argument_group("limits")

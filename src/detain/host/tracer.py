@@ -7,7 +7,8 @@ the job's reach: as root it runs as root while the job runs as the run's uid; un
 bwrap's pid and user namespaces hide it, and on landlock the job's Landlock domain may
 neither signal nor ptrace a process outside it (signal scoping, ABI 6, which the landlock
 backend requires unprivileged). If it dies anyway, every tracee dies with it
-(PTRACE_O_EXITKILL): the job cannot run on untraced.
+(PTRACE_O_EXITKILL): the job cannot run on untraced. In a micro-VM the same program
+(tracer_main.py, stdlib only) runs inside the guest instead: microvm/trace.py.
 
 How it is joined, in the sandbox process's fork-exec step (the last ChildSetup step, after
 the uid drop and the backend's own confinement): the process writes its pid to the
@@ -104,13 +105,11 @@ class OutsideTrace:
         self.path = run_dir / "outside-trace.jsonl"
         out = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         request_read, go_write = self._handshake(run_dir)
-        table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
         try:
             os.write(out, (HEADER + "\n").encode())
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", TRACER_BOOT, SOURCE_ROOT, str(out),
-                 str(request_read), str(go_write), str(MAX_RECORDS), str(RESERVE),
-                 str(STRING_CAP), machinery or "-", table, json.dumps(SENSITIVE)],
+                 str(request_read), str(go_write), *tracer_arguments(machinery)],
                 env={}, pass_fds=(out, request_read, go_write), start_new_session=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except BaseException:
@@ -166,11 +165,7 @@ class OutsideTrace:
         except subprocess.TimeoutExpired:
             self.close()
         with open(self.path, "rb") as handle:
-            data = handle.read(TRACE_CAP + 1)
-        text = data[:TRACE_CAP].decode("utf-8", "backslashreplace")
-        if len(data) > TRACE_CAP:
-            text = text[:text.rfind("\n") + 1]
-        return text
+            return capped_text(handle.read(TRACE_CAP + 1))
 
     def close(self) -> None:
         """End the tracer if it is still there (its tracees die with it) and reap it."""
@@ -181,6 +176,24 @@ class OutsideTrace:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+
+
+def capped_text(data: bytes) -> str:
+    """Records as read back (at most TRACE_CAP bytes are taken): a record the cap cut in
+    two is dropped whole, so the missing closing record says the trace was cut."""
+    text = data[:TRACE_CAP].decode("utf-8", "backslashreplace")
+    if len(data) > TRACE_CAP:
+        text = text[:text.rfind("\n") + 1]
+    return text
+
+
+def tracer_arguments(machinery: str | None = None) -> list[str]:
+    """tracer_main's arguments after its fds: MAX_RECORDS RESERVE STRING_CAP MACHINERY
+    NR=NAME,... SENSITIVE. Also what a micro-VM's init passes to the tracer it starts
+    inside the guest (microvm/guest_init.py), whose first process is the job's."""
+    table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
+    return [str(MAX_RECORDS), str(RESERVE), str(STRING_CAP), machinery or "-", table,
+            json.dumps(SENSITIVE)]
 
 
 def usable() -> str | None:

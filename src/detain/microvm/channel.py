@@ -31,10 +31,17 @@ def encode(header: dict[str, Any], blobs: dict[str, bytes]) -> bytes:
     return b"".join([struct.pack(">I", len(encoded)), encoded, *blobs.values()])
 
 
-def boot_message(python: str, flags: Sequence[str], uid: int, seccomp_filter: bytes) -> bytes:
+def boot_message(python: str, flags: Sequence[str], uid: int, seccomp_filter: bytes,
+                 trace: tuple[dict[str, Any], bytes] | None = None) -> bytes:
+    """`trace`: how the guest init starts the outside tracer and the filter that stops the
+    traced syscalls (microvm/trace.py), for a VM whose job process is traced."""
     argv = [python, *flags, GUEST_LAUNCHER, "--job-from", str(JOB_FD)]
-    return encode({"argv": argv, "uid": uid, "channel_fd": CHANNEL_FD, "job_fd": JOB_FD},
-                  {"seccomp": seccomp_filter})
+    header: dict[str, Any] = {"argv": argv, "uid": uid, "channel_fd": CHANNEL_FD,
+                              "job_fd": JOB_FD}
+    blobs = {"seccomp": seccomp_filter}
+    if trace is not None:
+        header["trace"], blobs["trace_filter"] = trace
+    return encode(header, blobs)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Stdlib only: it runs inside the guest under the image's interpreter, as root, an
 only guest code detain trusts. The VM is booted once per (image, RAM, interpreter flags)
 and saved while this script blocks reading the job port, so everything before that read is
 shared by every run and everything after it happens in a fresh restored copy, exactly once.
-Before the save it reads a boot message (the launcher's command line, uid, seccomp filter)
-and starts the job's process ahead of time: already in the job cgroup, as the unprivileged
+Before the save it reads a boot message (the launcher's command line, uid, seccomp filter,
+and in a VM saved for --trace the outside tracer, started first: microvm/trace.py) and
+starts the job's process ahead of time: already in the job cgroup, as the unprivileged
 uid, with no_new_privs and the seccomp filter, its interpreter up and blocked reading its
 job from a pipe (`launcher.py --job-from`), so a run does not pay the interpreter's start-up
 under an emulated CPU. After the restore:
@@ -16,8 +17,8 @@ under an emulated CPU. After the restore:
   3. the job message to the waiting launcher, which applies the job's rlimits and runs it,
      stdout/stderr/records going straight to their own virtio ports;
   4. once the job and everything it started have ended: the --copy-out paths as a capped
-     tar on their own port, then a status record on a root-only port (exit status,
-     guest-kernel OOM kills, CPU, RSS).
+     tar on their own port, the tracer's records (capped) on theirs, then a status record
+     on a root-only port (exit status, guest-kernel OOM kills, CPU, RSS).
 The host treats all of it as hostile anyway; the status port is only *more* trustworthy
 than the job's own ports because the job cannot open it.
 """
@@ -34,6 +35,7 @@ import time
 
 # Port numbers, agreed with detain.microvm.machine.
 PORT_JOB, PORT_STDOUT, PORT_STDERR, PORT_RECORDS, PORT_STATUS, PORT_COPYOUT = 1, 2, 3, 4, 5, 6
+PORT_TRACE = 7
 CGROUP = "/sys/fs/cgroup/job"
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
 MNT_DETACH = 2
@@ -212,9 +214,71 @@ def apply_seccomp(program):
                      ctypes.c_char_p(fprog), 0, 0), "seccomp")
 
 
-def become_job(config, blobs, targets):
+def start_tracer(config):
+    """In a VM saved for traced runs: start the outside tracer (detain's tracer_main.py;
+    microvm/trace.py says why the job cannot reach it) as root, in the root cgroup, before
+    the job's process exists. Its records go to a memfd only this init and it hold.
+    Returns what the job's process and the end of the run need, or None untraced."""
+    trace = config.get("trace")
+    if not trace:
+        return None
+    records = os.memfd_create("detain-trace", os.MFD_CLOEXEC)
+    write_all(records, (trace["header"] + "\n").encode())
+    request_read, request_write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ends = (records, request_read, go_write)
+            for fd in ends:
+                os.set_inheritable(fd, True)
+            os.execve(trace["command"][0], [*trace["command"], *map(str, ends),
+                                            *trace["arguments"]], {})
+        except BaseException as exc:
+            os.write(2, f"detain guest: could not start the tracer: {exc}\n".encode())
+        os._exit(127)
+    os.close(request_read)
+    os.close(go_write)
+    return {"pid": pid, "records": records, "request": request_write, "go": go_read,
+            "cap": trace["cap"], "wait": trace["wait"]}
+
+
+def join_tracer(tracer):
+    """In the job's process: be seized by the tracer (it answers "1" once it has), else
+    refuse to start; nothing of the job's runs untraced."""
+    write_all(tracer["request"], f"{os.getpid()}\n".encode())
+    if os.read(tracer["go"], 1) != b"1":
+        raise OSError("the outside tracer could not attach to the job's process")
+
+
+def send_trace(tracer, fd):
+    """Once the job and all it started are gone: wait for the tracer's closing record
+    (it ends when its last tracee has), then send at most one byte past the cap of its
+    records on the trace port; the host drops what lies past the cap."""
+    if tracer is None:
+        return
+    deadline = time.monotonic() + tracer["wait"]
+    while os.waitpid(tracer["pid"], os.WNOHANG)[0] == 0:
+        if time.monotonic() > deadline:  # its records then lack the closing one
+            os.kill(tracer["pid"], 9)
+            os.waitpid(tracer["pid"], 0)
+            break
+        time.sleep(0.005)
+    left, offset = min(os.fstat(tracer["records"]).st_size, tracer["cap"] + 1), 0
+    while left > 0:
+        chunk = os.pread(tracer["records"], min(left, 1 << 20), offset)
+        if not chunk:
+            break
+        write_all(fd, chunk)
+        offset += len(chunk)
+        left -= len(chunk)
+
+
+def become_job(config, blobs, targets, tracer=None):
     """In the forked child: become the job's process (cgroup, session, fds, uid, seccomp)
-    and exec the launcher, which waits for its job. Any failure ends it here."""
+    and exec the launcher, which waits for its job. With a `tracer`, it is seized before it
+    loads the filters (the one stopping the traced syscalls, then the sandbox's). Any
+    failure ends it here."""
     try:
         with open(f"{CGROUP}/cgroup.procs", "w") as handle:
             handle.write(str(os.getpid()))
@@ -229,6 +293,9 @@ def become_job(config, blobs, targets):
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+        if tracer is not None:
+            join_tracer(tracer)
+            apply_seccomp(blobs["trace_filter"])
         apply_seccomp(blobs["seccomp"])
         os.execve(config["argv"][0], config["argv"], BOOT_ENV)
     except BaseException as exc:
@@ -236,7 +303,7 @@ def become_job(config, blobs, targets):
     os._exit(127)
 
 
-def prestart(config, blobs, fds):
+def prestart(config, blobs, fds, tracer):
     """Start the job's process before the save; returns its pid and the write ends of its
     job pipe and its stdin."""
     job_read, job_write = os.pipe()
@@ -245,21 +312,29 @@ def prestart(config, blobs, fds):
     if pid == 0:
         become_job(config, blobs, {0: stdin_read, 1: fds["stdout"], 2: fds["stderr"],
                                    config["channel_fd"]: fds["records"],
-                                   config["job_fd"]: job_read})
+                                   config["job_fd"]: job_read}, tracer)
     os.close(job_read)
     os.close(stdin_read)
+    if tracer is not None:
+        os.close(tracer.pop("request"))
+        os.close(tracer.pop("go"))
     return pid, job_write, stdin_write
 
 
 def wait_until_waiting(pid, deadline=30.0):
     """Block until the early-started launcher sits in its read of the job pipe, so the save
     holds a fully started interpreter; returns the CPU seconds (user, system) it spent
-    getting there, which the status then leaves out: they are no part of the job."""
+    getting there, which the status then leaves out: they are no part of the job.
+    A pipe read before its exec (a traced job's process waiting for its tracer's go) is
+    not that read: the process must have exec'd, its command line no longer this init's."""
     end = time.monotonic() + deadline
+    with open("/proc/self/cmdline", "rb") as handle:
+        own = handle.read()
     while time.monotonic() < end:
         try:
-            with open(f"/proc/{pid}/wchan") as handle:
-                if handle.read() == "pipe_read":
+            with open(f"/proc/{pid}/wchan") as handle, \
+                    open(f"/proc/{pid}/cmdline", "rb") as command:
+                if handle.read() == "pipe_read" and command.read() != own:
                     break
         except OSError:
             break  # it died: run() reports how
@@ -409,10 +484,12 @@ def main():
     boot()
     fds = {name: port(number) for name, number in (
         ("job", PORT_JOB), ("stdout", PORT_STDOUT), ("stderr", PORT_STDERR),
-        ("records", PORT_RECORDS), ("status", PORT_STATUS), ("copyout", PORT_COPYOUT))}
+        ("records", PORT_RECORDS), ("status", PORT_STATUS), ("copyout", PORT_COPYOUT),
+        ("trace", PORT_TRACE))}
     config, config_blobs = receive(fds["job"])  # the boot message: the same for every run
     mount_run_dirs(config["uid"])
-    job = prestart(config, config_blobs, fds)
+    tracer = start_tracer(config)
+    job = prestart(config, config_blobs, fds, tracer)
     job += (wait_until_waiting(job[0]),)
     console("detain-guest-ready")
     header, blobs = receive(fds["job"])  # the VM is saved while blocked here
@@ -424,6 +501,10 @@ def main():
         send_copy_out(header.get("copy_out") or [], fds["copyout"], header["copy_out_cap"])
     except Exception as exc:
         status = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    try:
+        send_trace(tracer, fds["trace"])
+    except OSError as exc:
+        console(f"detain guest: the trace was not sent: {exc!r}")
     write_all(fds["status"], (json.dumps(status) + "\n").encode())
     os.sync()
     libc.reboot(RB_POWER_OFF)

@@ -33,9 +33,12 @@ from ..host.interpreter import Interpreter
 from ..policy import PROFILES, SCRATCH
 from .kernel import MODULES, Kernel
 
-FORMAT = 6  # bump when the layout below, machine.py's devices, CPU or the kernel
+FORMAT = 7  # bump when the layout below, machine.py's devices, CPU or the kernel
 # command line change (a saved VM only restores into the machine that saved it)
 GUEST_INIT = Path(__file__).with_name("guest_init.py")
+# The outside tracer (host/tracer_main.py, stdlib only), run by the guest init for --trace.
+TRACER = Path(__file__).parents[1] / "host" / "tracer_main.py"
+GUEST_TRACER = "/detain/tracer_main.py"
 GUEST_LAUNCHER = "/detain/guest/launcher.py"
 GUEST_JOB = "/detain/job"
 BUSYBOX = ("/bin/busybox", "/usr/bin/busybox")
@@ -100,7 +103,7 @@ def digest(kernel: Kernel, interp: Interpreter) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([FORMAT, kernel.version, interp.executable, interp.prefixes,
                          interp.version, INIT_SCRIPT, PASSWD, GROUP]).encode())
-    for path in (*_guest_code(), GUEST_INIT):
+    for path in (*_guest_code(), GUEST_INIT, TRACER):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -184,6 +187,7 @@ def _stage_detain(interp: Interpreter, root: Path) -> None:
     if done.returncode != 0:
         raise DetainError(f"could not byte-compile the guest code: {done.stdout[-300:]}")
     shutil.copyfile(GUEST_INIT, root / "detain" / "init.py")
+    shutil.copyfile(TRACER, root / GUEST_TRACER.lstrip("/"))  # started before the save
     warmup = [interp.executable, *PROFILES["strict"], GUEST_LAUNCHER, "3", "CORE=0", "code",
               "pass"]
     (root / "detain" / "warmup.json").write_text(json.dumps({"argv": warmup, "fd": 3}))

@@ -4,7 +4,7 @@ A saved VM can only be restored into an identical machine, so `machine_args` is 
 source of the device list; only the host ends of the character devices (where the ports'
 bytes go) and `-incoming` differ between the boot that saves and the runs that restore.
 The machine has no network device at all, no display, no USB, no PCI: a serial console,
-one read-only virtio disk (the guest root) and one virtio-serial controller with six
+one read-only virtio disk (the guest root) and one virtio-serial controller with seven
 ports (see guest_init.py). The job port carries a boot message into the boot that saves
 and the run's job message into each restore.
 """
@@ -27,7 +27,8 @@ from ..host import privileges
 from ..host.tools import tool_version
 
 QEMU = "qemu-system-x86_64"
-PORTS = ("job", "stdout", "stderr", "records", "status", "copyout")  # virtio-serial 1..6
+PORTS = ("job", "stdout", "stderr", "records", "status", "copyout",
+         "trace")  # virtio-serial 1..7
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 READY = b"detain-guest-ready"
 BOOT_TIMEOUT = 240.0

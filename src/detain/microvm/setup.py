@@ -89,12 +89,18 @@ def missing() -> str | None:
     return None
 
 
-def boot_message(interp: Interpreter, flags: tuple[str, ...]) -> bytes:
+def boot_message(interp: Interpreter, flags: tuple[str, ...], trace: bool = False) -> bytes:
     """What the saved VM's init starts ahead of the job: this interpreter with these flags
-    running the launcher (waiting for its job), as the sandbox uid under this seccomp filter.
-    Any change to it is a different saved VM."""
+    running the launcher (waiting for its job), as the sandbox uid under this seccomp filter,
+    and with `trace` the outside tracer that follows it (microvm/trace.py). Any change to
+    it is a different saved VM."""
+    traced = None
+    if trace:
+        from .trace import boot_config  # only traced runs load the tracer's side
+
+        traced = boot_config(interp.executable)
     return channel.boot_message(interp.executable, flags, SANDBOX_UID,
-                                seccomp.filter_path().read_bytes())
+                                seccomp.filter_path().read_bytes(), traced)
 
 
 def state_path(img: image.Image, accel: str, ram: int, boot: bytes) -> Path:
@@ -103,9 +109,9 @@ def state_path(img: image.Image, accel: str, ram: int, boot: bytes) -> Path:
 
 
 def prepare(interp: Interpreter, memory_bytes: int, flags: tuple[str, ...],
-            progress: Progress | None = None) -> Prepared:
+            progress: Progress | None = None, trace: bool = False) -> Prepared:
     """Everything a restore needs, building a stale image or saved VM first (a VM saved for
-    other interpreter flags or RAM is another file, booted here on first use)."""
+    other interpreter flags, RAM or `trace` is another file, booted here on first use)."""
     reason = missing()
     if reason:
         raise BackendUnavailable(reason)
@@ -114,7 +120,7 @@ def prepare(interp: Interpreter, memory_bytes: int, flags: tuple[str, ...],
     assert kern is not None
     img = image.locate(cache_root(), kern, interp)
     ram = ram_mib(memory_bytes)
-    boot = boot_message(interp, flags)
+    boot = boot_message(interp, flags, trace)
     prepared = Prepared(kern, img, config["accel"], ram,
                         state_path(img, config["accel"], ram, boot), boot)
     if img.ready() and prepared.state.is_file():
