@@ -256,3 +256,23 @@ def test_pips_configured_ca_bundle_is_handed_to_the_install_phase(tmp_path, monk
     assert any(m.host == bundle and m.sandbox == CERT_MOUNT and not m.writable for m in mounts)
     monkeypatch.setenv("PIP_CERT", str(tmp_path / "missing.pem"))
     assert "--cert" not in _index_access(read_config(), policy())[1]
+
+
+def test_build_tools_and_the_package_s_own_settings_are_low(tmp_path):
+    """What builds run (git) and a variable named after the package itself are shown low;
+    a credential's variable read in the same setup.py is high and the one reason."""
+    setup_py = ("import os, subprocess\nfrom setuptools import setup\n"
+                "subprocess.run(['git', '--version'], capture_output=True)\n"
+                "os.environ.get('DETAIN_SELFTEST_CFG_TOKEN')\n"
+                "os.environ.get('GITHUB_TOKEN')\n"
+                "setup(name='detain_selftest_cfg', version='1.0', "
+                "py_modules=['detain_selftest_cfg'])\n")
+    report = vet(str(build_sdist(tmp_path, "detain_selftest_cfg", setup_py)), policy())
+    installed = events(report, "install")
+    severity = {(e["event"], e["line"]): e["severity"] for e in installed
+                if e.get("file") == "setup.py"}
+    assert severity.get(("subprocess.Popen", 3)) == "low", installed
+    assert severity.get(("os.environ.get", 4)) == "low"
+    assert severity.get(("os.environ.get", 5)) == "high"
+    assert report["verdict"]["reasons"] == [
+        "secret read: environment variable GITHUB_TOKEN (setup.py:5, install)"]

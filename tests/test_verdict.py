@@ -90,23 +90,30 @@ def test_what_makes_a_run_malicious_looking_is_high_in_the_table_too():
 
 
 def test_suspicious_and_the_reasons_are_few_and_varied():
-    walked = hook("os.environ.iter", "env", variables=12)
-    assert verdict([walked])["level"] == SUSPICIOUS
+    native = hook("ctypes.dlopen", "native", library="libc.so.6")
+    assert verdict([native])["level"] == SUSPICIOUS
     many = [hook("open", "file-read", path=f"/scratch/.ssh/id_{n}") for n in range(5)] + [
-        hook("subprocess.Popen", "process", executable="curl"), walked]
+        hook("subprocess.Popen", "process", executable="curl"), native]
     result = verdict(many)
     assert result["level"] == MALICIOUS and len(result["reasons"]) == 3
     assert result["reasons"][1].startswith("process started: curl")  # one per kind first
     assert result["signals"] == {"credentials read": 5, "process started": 1,
-                                 "environment walked": 1}
+                                 "native code": 1}
     assert line(result).startswith("verdict: malicious-looking — credentials read: ")
 
 
 def test_secret_names_read_by_copying_the_environment_are_the_walk():
+    """Walking the environment (a settings scan, a copy) is no signal on its own: the
+    values leaving is (egress, the decoys' marker in traffic); a credential's name asked
+    for on a line of its own is."""
     walked = hook("os.environ.iter", "env", variables=12)
     copied = hook("os.environ.get", "env", name="AWS_SECRET_ACCESS_KEY")  # same line
-    assert verdict([walked, copied])["level"] == SUSPICIOUS
-    assert verdict([walked, dict(copied, line=9)])["level"] == MALICIOUS
+    asked = dict(copied, line=9)
+    assert verdict([walked, copied])["level"] == CLEAN
+    assert copied["severity"] == "medium"  # shown as part of the walk
+    assert verdict([walked, asked])["level"] == MALICIOUS and asked["severity"] == "high"
+    sent = hook("socket.connect", "network", address="('203.0.113.50', 8080)")
+    assert verdict([walked, sent])["level"] == MALICIOUS
 
 
 def test_run_summary_ends_with_the_verdict():

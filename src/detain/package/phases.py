@@ -26,12 +26,20 @@ from typing import Any
 
 from ..api import Sandbox
 from ..backends.auto import Choice
+from ..guest.audit import SECRET_PREFIXES
 from ..host.interpreter import find_interpreter
 from ..host.tracer import on_by_default
 from ..job import Job
 from ..net.rules import parse_rules
 from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
-from ..report.verdict import allowed_of, decide, signals, static_signals, verdict
+from ..report.verdict import (
+    allowed_of,
+    build_tool_started,
+    decide,
+    signals,
+    static_signals,
+    verdict,
+)
 from ..result import Result
 from .decoys import HOME as DECOY_HOME
 from .decoys import Decoys, plant
@@ -62,7 +70,7 @@ def phase_outcome(result: Result) -> dict[str, Any] | None:
 
 
 def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
-                 decoys: Decoys | None = None) -> dict:
+                 decoys: Decoys | None = None, project: str | None = None) -> dict:
     """One phase in the package report: the common report (issue 7's schema) plus outcome."""
     from ..report.build import build_report, summarise
 
@@ -72,8 +80,16 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
     is_own = Own(name, report["events"], allowed_of(report["policy"]))
     own = [e for e in report["events"] if is_own(e)]
     report["events"] = [e for e in report["events"] if not is_own(e)]
+    setting = own_setting(project)
     for event in report["events"]:
         event["phase"] = name
+        if event.get("decoy"):
+            continue
+        if name == "install" and build_tool_started(event):
+            event["severity"] = "low"  # a compiler, git, uname: what builds run
+        elif setting and event.get("category") == "env" and str(
+                (event.get("detail") or {}).get("name") or "").upper().startswith(setting):
+            event["severity"] = "low"  # the package's own setting (TQDM_SLACK_TOKEN)
     report["verdict"] = verdict(report["events"], allowed_of(report["policy"]))
     report["summary"] = summarise(report)
     stdout = MARKER.join(result.stdout.rsplit(MARKER, 1)[:1]) if MARKER in result.stdout \
@@ -86,6 +102,15 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
             "report": report,
             "output_tail": (stdout[-2000:] + result.stderr[-3000:]).decode("utf-8",
                                                                              "replace")}
+
+
+def own_setting(project: str | None) -> str | None:
+    """The prefix of the package's own environment settings (tqdm -> TQDM_), unless it is
+    a credential family's (a package named `aws` gets no AWS_ pass)."""
+    if not project:
+        return None
+    prefix = project.upper().replace("-", "_") + "_"
+    return None if prefix.startswith(SECRET_PREFIXES) else prefix
 
 
 def mark_decoy(event: dict[str, Any], decoys: Decoys) -> None:
@@ -138,7 +163,7 @@ def install(artifact: Path, policy: Policy, config: IndexConfig, work: Path,
                            copy_out=(CopyOut(TARGET, out),))
     job = Job.script(PHASE_SCRIPT, "install", TARGET, inside, *pip_options)
     result = Sandbox(phase_policy).run(job)
-    report = phase_report("install", result, scan, decoys)
+    report = phase_report("install", result, scan, decoys, project_name(artifact))
     report["site"] = out  # copy-out puts the dir's contents in `out` itself
     return report
 
@@ -152,7 +177,7 @@ def run_code(name: str, site: Path, policy: Policy, seconds: float,
                            mounts=(*policy.mounts, Mount(site, SITE_MOUNT)))
     job = Job.script(PHASE_SCRIPT, name, SITE_MOUNT, str(seconds),
                      *([project] if project else []))
-    return phase_report(name, Sandbox(phase_policy).run(job), scan, decoys)
+    return phase_report(name, Sandbox(phase_policy).run(job), scan, decoys, project)
 
 
 def with_decoys(policy: Policy, decoys: Decoys) -> Policy:

@@ -14,12 +14,17 @@ any source alike: the in-process audit hook, the host's proxy, a tracer outside 
 * a process other than the build's own: curl, sh ... (compilers, build tools, git and
   Python are what builds run);
 * persistence: writes to shell start-up files, cron, systemd user units, autostart,
-  sitecustomize/usercustomize or a .pth file.
+  sitecustomize/usercustomize or a .pth file where Python runs it (a site dir).
 
-*Suspicious* is weaker behaviour with benign uses: walking the whole environment, loading a
-native library with ctypes, adding an audit hook, listening on a socket, a tampered
-audit channel, traffic the sinkhole's recorder could only count (`sinkhole.lost`: a flood
-is how a job would hide what it sent). Anything else is *clean*.
+*Suspicious* is weaker behaviour with benign uses: loading a native library with ctypes,
+adding an audit hook, listening on a socket, a tampered audit channel, traffic the
+sinkhole's recorder could only count (`sinkhole.lost`: a flood is how a job would hide what
+it sent). Anything else is *clean*.
+
+Walking the whole environment is no signal on its own: configuration libraries scan it for
+their prefix (tqdm's TQDM_*, distutils), and what would make it harmful, the values leaving,
+is caught where it happens (the decoy variables' marker in traffic, egress). An event that
+makes a run malicious-looking is high in the report's table too.
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ PERSISTENCE = re.compile(
     r"(/\.(bashrc|bash_profile|bash_login|profile|zshrc|zprofile|zshenv|xprofile|xinitrc)$"
     r"|/\.config/(fish/config\.fish|autostart/|systemd/user/)|^/etc/(profile\.d/|cron|"
     r"systemd/|rc\.local|ld\.so\.preload)|/var/spool/cron|crontab|/\.ssh/authorized_keys"
-    r"|/Library/LaunchAgents/|(^|/)(sitecustomize|usercustomize)\.py$|\.pth$)")
+    r"|/Library/LaunchAgents/"
+    # what Python runs at start-up: a site dir's .pth files and sitecustomize, the stdlib's
+    r"|-packages/([^/]+\.pth|sitecustomize\.py|usercustomize\.py)$"
+    r"|/(lib|etc)/python3[0-9.]*/(sitecustomize|usercustomize)\.py$)")
 BUILD_TOOLS = re.compile(
     r"^(python[0-9.]*|pip[0-9.]*|cc|c\+\+|gcc|g\+\+|clang|clang\+\+|ld|ld\.\w+|ar|as|ranlib|"
     r"strip|nm|objcopy|objdump|readelf|patchelf|cc1|cc1plus|cc1obj|collect2|lto1|lto-wrapper|"
@@ -78,12 +86,29 @@ def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None) -> d
     them); reaching them is not egress. An event that makes a run malicious-looking is
     high severity in the report too, whatever its category's usual one (a .pth written is
     a file write, medium, but persistence): the table and the verdict never disagree."""
+    walks = _walks(events)
+    for event in events:
+        if _in_walk(event, walks):
+            event["severity"] = "medium"  # a name read by copying the environment: the walk's
     found = []
     for event, signal in _signals(events, allowed or []):
         if signal["level"] == MALICIOUS:
             event["severity"] = "high"
         found.append(signal)
     return decide(found)
+
+
+def _walks(events: list[dict[str, Any]]) -> set[tuple[Any, Any, Any]]:
+    """Where the whole environment was walked: (file, line, phase)."""
+    return {(e.get("file"), e.get("line"), e.get("phase")) for e in events
+            if e.get("category") == "env" and "name" not in (e.get("detail") or {})}
+
+
+def _in_walk(event: dict[str, Any], walks: set[tuple[Any, Any, Any]]) -> bool:
+    """A credential-looking name read on a line that walked the environment (dict(os.environ)
+    reads every name once): part of that walk, not a targeted read."""
+    return event.get("category") == "env" and "name" in (event.get("detail") or {}) and (
+        event.get("file"), event.get("line"), event.get("phase")) in walks
 
 
 def allowed_of(policy: dict[str, Any]) -> list[str]:
@@ -102,22 +127,14 @@ def _signals(events: list[dict[str, Any]], allowed: list[str]
              ) -> list[tuple[dict[str, Any], dict[str, str]]]:
     """(event, signal) for every event that gives one, in event order."""
     found = []
-    # copying the whole environment (dict(os.environ)) reads every name once: a secret
-    # name read on a line that walked it is part of that walk, not a targeted read
-    walks = {(e.get("file"), e.get("line"), e.get("phase")) for e in events
-             if e.get("category") == "env" and "name" not in (e.get("detail") or {})}
-    for original in events:
-        event = original
-        if event.get("category") == "env" and (
-                event.get("file"), event.get("line"), event.get("phase")) in walks:
-            event = {**event, "detail": {}}  # counted as the walk it belongs to
-        signal = _signal(event, allowed)
+    walks = _walks(events)
+    for event in events:
+        signal = None if _in_walk(event, walks) else _signal(event, allowed)
         if signal is not None:
             level, kind, what = signal
             where = _where(event)
-            found.append((original, {"level": level, "kind": kind,
-                                     "text": f"{kind}: {what}" + (f" ({where})" if where
-                                                                  else "")}))
+            text = f"{kind}: {what}" + (f" ({where})" if where else "")
+            found.append((event, {"level": level, "kind": kind, "text": text}))
     return found
 
 
@@ -198,9 +215,9 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
     if event.get("decoy") == "sent":
         return MALICIOUS, "decoy credentials sent", str(event.get("summary") or name)[:160]
     if category == "env":
-        if "name" in detail:
+        if "name" in detail and event.get("severity") == "high":  # a credential's name
             return MALICIOUS, "secret read", f"environment variable {detail['name']}"
-        return SUSPICIOUS, "environment walked", "the whole environment was read"
+        return None
     if category == "file-write" and not any(w in name for w in DELETIONS):
         target = str(detail.get("target") or "")
         hit = next((p for p in (path, target) if PERSISTENCE.search(p)
@@ -211,7 +228,7 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
         return MALICIOUS, "credentials read", path
     if category == "process" and name.rpartition("kernel.")[2] in PROCESS_EVENTS:
         program = _program(detail)
-        if program is not None and not BUILD_TOOLS.match(os.path.basename(program)):
+        if program is not None and not is_build_tool(program):
             argv = str(detail.get("argv") or detail.get("command") or "")[:120]
             return MALICIOUS, "process started", f"{program} {argv}".strip()
         return None
@@ -224,6 +241,18 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
     if category == "hook":
         return SUSPICIOUS, "audit hook added", "sys.addaudithook"
     return None
+
+
+def is_build_tool(program: str) -> bool:
+    """Whether a program is one builds run (a compiler, git, uname, Python ...)."""
+    return bool(BUILD_TOOLS.match(os.path.basename(program)))
+
+
+def build_tool_started(event: dict[str, Any]) -> bool:
+    """Whether a process event starts a build tool (see is_build_tool)."""
+    program = _program(event.get("detail") or {}) if event.get("category") == "process" \
+        else None
+    return program is not None and is_build_tool(program)
 
 
 def _program(detail: dict[str, Any]) -> str | None:
