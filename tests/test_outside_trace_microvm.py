@@ -93,3 +93,16 @@ def test_records_past_the_cap_are_cut_at_a_record():
     text = trace.collect()
     assert len(text) <= TRACE_CAP and text.endswith("}\n")
     assert all(json.loads(row) for row in text.splitlines())
+
+
+def test_a_job_that_outlasts_its_time_limit_leaves_what_was_traced(microvm, state_dir):
+    """The host ends QEMU at the time limit, so the guest never sends a closing record:
+    what the tracer wrote until then has already left the VM, flagged as cut short."""
+    code = ("import subprocess, sys, time\n"
+            "subprocess.run([sys.executable, '-c', 'pass', 'before-the-sleep'])\n"
+            "print('slept', flush=True)\ntime.sleep(60)\n")
+    result = run(microvm, code, trace="syscalls", timeout=4)
+    assert result.timed_out and result.stdout == b"slept\n", (result.stdout, result.stderr)
+    execs = [e["detail"]["argv"] for e in kernel(result.behaviour["events"], "process")]
+    assert [a for a in execs if a.endswith("-c pass before-the-sleep")], execs
+    assert any("closing record is missing" in f for f in result.behaviour["integrity"]["flags"])

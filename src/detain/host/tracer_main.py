@@ -11,11 +11,12 @@ the job and is written only inside a JSON string, capped: no byte of the job's c
 end or shape a record.
 
 Arguments: OUTPUT_FD REQUEST_FD GO_FD MAX_RECORDS RESERVE STRING_CAP MACHINERY NR=NAME,...
-SENSITIVE. MACHINERY is the sandbox tool the process first execs (bwrap), whose own
-processes are not the job's ('-': none, the first exec is the job's). Of MAX_RECORDS,
-RESERVE each are kept for execs, for connections and for opens of SENSITIVE paths (a JSON
-list of substrings): a flood of chmods cannot push out a later exec. Stdlib only, imports
-next to nothing.
+SENSITIVE [FLUSH_EVERY]. MACHINERY is the sandbox tool the process first execs (bwrap),
+whose own processes are not the job's ('-': none, the first exec is the job's). Of
+MAX_RECORDS, RESERVE each are kept for execs, for connections and for opens of SENSITIVE
+paths (a JSON list of substrings): a flood of chmods cannot push out a later exec. Records
+are flushed every FLUSH_EVERY (default 64; 1 where a reader forwards them as they come).
+Stdlib only, imports next to nothing.
 
 At an exec's stop the new image is read from /proc/PID/exe: an image that is no file
 (`/memfd:NAME (deleted)`, a file deleted since) marks the record `fileless`, whatever
@@ -102,11 +103,11 @@ def read_memory(pid: int, address: int, size: int) -> bytes:
 class Tracer:
     def __init__(self, output: int, cap_records: int, reserve: int, string_cap: int,
                  machinery: str | None, names: dict[int, str],
-                 sensitive: tuple[str, ...] = ()) -> None:
+                 sensitive: tuple[str, ...] = (), flush_every: int = FLUSH_EVERY) -> None:
         self.out = os.fdopen(output, "w", encoding="utf-8")
         self.cap, self.string_cap, self.machinery, self.names = (cap_records, string_cap,
                                                                  machinery, names)
-        self.reserve, self.sensitive = reserve, sensitive
+        self.reserve, self.sensitive, self.flush_every = reserve, sensitive, flush_every
         self.ordinary = max(0, cap_records - reserve * (len(set(VITAL.values())) + 1))
         self.reserved: dict[str, int] = {}  # vital kind -> records written past `ordinary`
         self.dropped_vital = 0
@@ -227,7 +228,7 @@ class Tracer:
             self.reserved[kind] = self.reserved.get(kind, 0) + 1
         self.written += 1
         self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
-        if self.written % FLUSH_EVERY == 0:
+        if self.written % self.flush_every == 0:
             self.out.flush()
 
     def finish_syscall(self, pid: int, rval: int, is_error: bool) -> None:
@@ -337,7 +338,9 @@ def main() -> None:
     machinery = None if sys.argv[8] == "-" else sys.argv[8]
     names = {int(nr): name for nr, name in (p.split("=") for p in sys.argv[9].split(","))}
     sensitive = tuple(s for s in json.loads(sys.argv[10]) if isinstance(s, str))
-    tracer = Tracer(output, cap, reserve, string_cap, machinery, names, sensitive)
+    flush_every = int(sys.argv[11]) if len(sys.argv) > 11 else FLUSH_EVERY
+    tracer = Tracer(output, cap, reserve, string_cap, machinery, names, sensitive,
+                    max(1, flush_every))
     with os.fdopen(request, "rb") as pipe:
         line = pipe.readline(32)
     if not line.strip().isdigit():

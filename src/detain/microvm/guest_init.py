@@ -17,8 +17,9 @@ under an emulated CPU. After the restore:
   3. the job message to the waiting launcher, which applies the job's rlimits and runs it,
      stdout/stderr/records going straight to their own virtio ports;
   4. once the job and everything it started have ended: the --copy-out paths as a capped
-     tar on their own port, the tracer's records (capped) on theirs, then a status record
-     on a root-only port (exit status, guest-kernel OOM kills, CPU, RSS).
+     tar on their own port, the last of the tracer's records (forwarded as they come
+     since the restore, capped) on theirs, then a status record on a root-only port (exit
+     status, guest-kernel OOM kills, CPU, RSS).
 The host treats all of it as hostile anyway; the status port is only *more* trustworthy
 than the job's own ports because the job cannot open it.
 """
@@ -217,7 +218,8 @@ def apply_seccomp(program):
 def start_tracer(config):
     """In a VM saved for traced runs: start the outside tracer (detain's tracer_main.py;
     microvm/trace.py says why the job cannot reach it) as root, in the root cgroup, before
-    the job's process exists. Its records go to a memfd only this init and it hold.
+    the job's process exists. Its records go to a memfd only this init and it hold
+    (flushed one by one: TraceForwarder sends them on as they come).
     Returns what the job's process and the end of the run need, or None untraced."""
     trace = config.get("trace")
     if not trace:
@@ -251,27 +253,48 @@ def join_tracer(tracer):
         raise OSError("the outside tracer could not attach to the job's process")
 
 
-def send_trace(tracer, fd):
-    """Once the job and all it started are gone: wait for the tracer's closing record
-    (it ends when its last tracee has), then send at most one byte past the cap of its
-    records on the trace port; the host drops what lies past the cap."""
-    if tracer is None:
-        return
-    deadline = time.monotonic() + tracer["wait"]
-    while os.waitpid(tracer["pid"], os.WNOHANG)[0] == 0:
-        if time.monotonic() > deadline:  # its records then lack the closing one
-            os.kill(tracer["pid"], 9)
-            os.waitpid(tracer["pid"], 0)
-            break
-        time.sleep(0.005)
-    left, offset = min(os.fstat(tracer["records"]).st_size, tracer["cap"] + 1), 0
-    while left > 0:
-        chunk = os.pread(tracer["records"], min(left, 1 << 20), offset)
-        if not chunk:
-            break
-        write_all(fd, chunk)
-        offset += len(chunk)
-        left -= len(chunk)
+class TraceForwarder:
+    """After the restore: the tracer's records onto the trace port as the tracer writes
+    them (it flushes each one), so a run the host ends at its time limit still brings
+    back what was traced until then; at most one byte past the cap in all (the host
+    drops what lies past it)."""
+
+    def __init__(self, tracer, fd):
+        self.tracer, self.fd, self.sent = tracer, fd, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.forward, daemon=True)
+        self.thread.start()
+
+    def copy(self):
+        records = self.tracer["records"]
+        end = min(os.fstat(records).st_size, self.tracer["cap"] + 1)
+        while self.sent < end:
+            chunk = os.pread(records, min(end - self.sent, 1 << 20), self.sent)
+            if not chunk:
+                break
+            write_all(self.fd, chunk)
+            self.sent += len(chunk)
+
+    def forward(self):
+        try:
+            while not self.done.wait(0.05):
+                self.copy()
+        except OSError as exc:
+            console(f"detain guest: trace forwarding stopped: {exc!r}")
+
+    def finish(self):
+        """Once the job and all it started are gone: wait for the tracer's closing record
+        (it ends when its last tracee has), then send what is left."""
+        deadline = time.monotonic() + self.tracer["wait"]
+        while os.waitpid(self.tracer["pid"], os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:  # its records then lack the closing one
+                os.kill(self.tracer["pid"], 9)
+                os.waitpid(self.tracer["pid"], 0)
+                break
+            time.sleep(0.005)
+        self.done.set()
+        self.thread.join()
+        self.copy()
 
 
 def become_job(config, blobs, targets, tracer=None):
@@ -494,6 +517,7 @@ def main():
     console("detain-guest-ready")
     header, blobs = receive(fds["job"])  # the VM is saved while blocked here
     status = {}
+    forwarder = TraceForwarder(tracer, fds["trace"]) if tracer is not None else None
     try:
         refresh(header, blobs)
         prepare(header, blobs)
@@ -502,7 +526,8 @@ def main():
     except Exception as exc:
         status = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     try:
-        send_trace(tracer, fds["trace"])
+        if forwarder is not None:
+            forwarder.finish()
     except OSError as exc:
         console(f"detain guest: the trace was not sent: {exc!r}")
     write_all(fds["status"], (json.dumps(status) + "\n").encode())

@@ -16,12 +16,13 @@ boot message says so; a traced VM is another saved VM, so untraced runs pay noth
     cgroup, so the run's cgroup kill, memory and pids limits do not touch it. Were it to
     die anyway, every tracee dies with it (EXITKILL): the job cannot run on untraced.
   * the records go to a memfd only the init and the tracer hold, never a file the job
-    could open; once the job and everything it started have ended and the tracer has
-    written its closing record, the init sends at most TRACE_CAP bytes of them on a
-    root-only virtio port (the job is dead by then, and cannot open the port anyway).
-    The host reads that port capped, as hostile data, and merges the records through
-    report/outside_trace.py like bwrap's: the job's strings are only ever inside JSON
-    strings the tracer wrote.
+    could open; the tracer flushes each record and the init forwards them, at most
+    TRACE_CAP bytes, on a root-only virtio port the job cannot open, as they come (a job
+    that outlasts its time limit, when the host ends QEMU, still leaves what was traced
+    until then; its trace is then flagged as cut short) and, once the job and all it
+    started have ended, up to the tracer's closing record. The host reads that port
+    capped, as hostile data, and merges the records through report/outside_trace.py
+    like bwrap's: the job's strings are only ever inside JSON strings the tracer wrote.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def boot_config(python: str) -> tuple[dict[str, Any], bytes]:
     then the arguments follow; the records' header; the byte cap) and the filter the
     job's process loads once seized."""
     config = {"command": [python, "-I", "-S", GUEST_TRACER, "/detain"],
-              "arguments": tracer_arguments(), "header": HEADER, "cap": TRACE_CAP,
+              "arguments": [*tracer_arguments(), "1"], "header": HEADER, "cap": TRACE_CAP,
               "wait": END_SECONDS}
     return config, filter_path().read_bytes()
 
