@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ from .result import Result
 
 TYPE_CHECKING = False  # not typing's: importing typing slows every CLI start-up
 if TYPE_CHECKING:
+    import queue
     from typing import Any
 
     from .backends.base import Started
@@ -228,6 +228,8 @@ class Sandbox:
         """The zygote that forks this Sandbox's spares, started now if needed (on a spawner
         thread), or None where none serves its backend and policy (`zygote_error` says
         why when one failed to start)."""
+        import queue  # here: only warm Sandboxes use queues, a cold run need not import it
+
         done: queue.SimpleQueue = queue.SimpleQueue()
         _worker("spawner-0").put(lambda: done.put(self._zygote_for_spares()))
         return done.get()
@@ -271,6 +273,8 @@ def _worker(name: str) -> queue.SimpleQueue:
     are SPAWNERS of them, so spares start in parallel. The "remover" clears finished
     runs' remains beside them, so neither waits for the other.
     """
+    import queue
+
     with _WORKERS_LOCK:
         if name not in _WORKERS:
             tasks: queue.SimpleQueue = queue.SimpleQueue()
