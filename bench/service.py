@@ -123,6 +123,8 @@ def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace) -
     and one client alone, whose p50 is the one to hold against a lone warm run."""
     api = warm_api(args.backend, bodies, args.seconds, args.clients)
     report(f"  warm API, {name}", api[0], api[1])
+    # Not counted: the server's spares for C callers, workers that have just started.
+    load(lambda: Client(url), bodies, 2.0, args.clients)
     report(f"  service, {name}", *load(lambda: Client(url), bodies, args.seconds,
                                         args.clients), api)
     rate, latencies = load(lambda: Client(url), bodies, args.seconds / 2, 1)
