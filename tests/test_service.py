@@ -439,6 +439,9 @@ def test_the_store_commits_concurrent_writes_together(tmp_path):
     with pytest.raises(QueueFull):  # someone's queue share is full: counted with the insert
         store.add("t99", "judge0", "someone", {}, most=39)
     store.add("t99", "judge0", "another", {}, most=39)
+    store.mark_running("t3", "w")  # not waited for: the next durable write commits it too
+    store.add("t100", "judge0", "another", {})
+    assert store.get("t3")["state"] == "running"
     store.close()
     assert store.delete("t2")  # after close, a write commits on its own
     mode = (tmp_path / "service.db").stat().st_mode
