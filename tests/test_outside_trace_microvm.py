@@ -9,13 +9,17 @@ port of their own, capped.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import require, run
+from detain.host.interpreter import find_interpreter
 from detain.host.tracer import HEADER, TRACE_CAP
+from detain.microvm import guest_init
+from detain.microvm.setup import boot_message
 from detain.microvm.trace import GuestTrace
 
 EXEC_AND_CONNECT = """
@@ -106,3 +110,22 @@ def test_a_job_that_outlasts_its_time_limit_leaves_what_was_traced(microvm, stat
     execs = [e["detail"]["argv"] for e in kernel(result.behaviour["events"], "process")]
     assert [a for a in execs if a.endswith("-c pass before-the-sleep")], execs
     assert any("closing record is missing" in f for f in result.behaviour["integrity"]["flags"])
+
+
+def test_a_traced_boot_is_another_saved_vm_and_tells_the_init_how_to_trace():
+    """What the guest init reads from a traced boot message: the tracer's command line in
+    tracer_main's layout (fds after the source root, one record a flush) and the filter."""
+    interp, flags = find_interpreter(None), ("-I", "-S")
+    plain, traced = boot_message(interp, flags), boot_message(interp, flags, trace=True)
+    assert plain != traced
+    read, write = os.pipe()
+    os.write(write, traced)
+    os.close(write)
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+        config, blobs = guest_init.receive(pipe.fileno())
+    trace = config["trace"]
+    assert trace["command"][-2:] == ["/detain/tracer_main.py", "/detain"]
+    argv = [*trace["command"][3:], "OUT", "REQUEST", "GO", *trace["arguments"]]
+    assert argv[8] == "-" and "=openat" in argv[9] and argv[11] == "1"
+    assert trace["header"] == HEADER and trace["cap"] == TRACE_CAP
+    assert blobs["trace_filter"] and len(blobs["trace_filter"]) % 8 == 0
