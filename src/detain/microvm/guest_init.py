@@ -48,6 +48,7 @@ RUN_MOUNTS = (("/scratch", MS_NOSUID | MS_NODEV, "mode=0700,uid={uid},gid={uid}"
 JOB_DIR = "/detain/job"
 BOOT_ENV = {"LANG": "C.UTF-8"}  # only what interpreter start-up reads; the job's comes later
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 RNDADDENTROPY, RNDRESEEDCRNG = 0x40085203, 0x5207
 RB_POWER_OFF = 0x4321FEDC
 HEADER_CAP = 1 << 20
@@ -57,6 +58,12 @@ COPY_OUT_DEPTH, COPY_OUT_ENTRIES = 65, 10001
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+
+def punch(fd, offset, length):
+    """Free a range of a file's pages, keeping its size (and so the writer's offsets)."""
+    check(libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+                         ctypes.c_int64(offset), ctypes.c_int64(length)), "punch a hole")
 
 
 def check(ret, what):
@@ -257,7 +264,9 @@ class TraceForwarder:
     """After the restore: the tracer's records onto the trace port as the tracer writes
     them (it flushes each one), so a run the host ends at its time limit still brings
     back what was traced until then; at most one byte past the cap in all (the host
-    drops what lies past it)."""
+    drops what lies past it). What has left, and what lies past the cap, is punched out
+    of the memfd: the records (an exec's argv alone can be tens of KiB) would otherwise
+    fill guest memory outside the job's cgroup."""
 
     def __init__(self, tracer, fd):
         self.tracer, self.fd, self.sent = tracer, fd, 0
@@ -267,13 +276,17 @@ class TraceForwarder:
 
     def copy(self):
         records = self.tracer["records"]
-        end = min(os.fstat(records).st_size, self.tracer["cap"] + 1)
+        size = os.fstat(records).st_size
+        end = min(size, self.tracer["cap"] + 1)
         while self.sent < end:
             chunk = os.pread(records, min(end - self.sent, 1 << 20), self.sent)
             if not chunk:
                 break
             write_all(self.fd, chunk)
+            punch(records, self.sent, len(chunk))
             self.sent += len(chunk)
+        if size > end:
+            punch(records, end, size - end)
 
     def forward(self):
         try:
