@@ -9,6 +9,9 @@ for the job (see microvm/guest_init.py), so a run pays neither a boot nor the in
 start-up. What comes back (stdout, stderr, launcher records, the guest init's status, the
 --copy-out tar) arrives on separate virtio ports, each read here with a size cap as hostile
 input. --mount trees go in read-only as a tar inside the job message (microvm/transfer.py).
+--trace restores another saved VM, one whose init started the outside tracer inside the
+guest before the job's process (microvm/trace.py); its records come back on a port of their
+own.
 
 Memory: guest RAM is the policy's memory plus the guest's own overhead, rounded to a power
 of two (a saved VM fixes its RAM size, so few sizes keep few saved VMs); the job itself is
