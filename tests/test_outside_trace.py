@@ -76,6 +76,22 @@ def test_a_connection_the_hook_saw_is_listed_once_with_its_line(traced):
     assert all(e["line"] == 4 and "pid" in e["detail"]["kernel"] for e in connects)
 
 
+def test_the_records_stay_under_what_the_host_reads_back():
+    """Execs with 64 arguments of 512 characters that JSON escapes six-fold (~200 KB a
+    record): the tracer stops writing at its byte cap, so the run dir never holds
+    gigabytes, and the host still reads the closing record that counts what was left out."""
+    require("bwrap")
+    code = ("import subprocess\nbig = ['\\x01' * 512] * 63\n"
+            "for _ in range(120):\n    subprocess.run(['/bin/true', *big])\n")
+    result = run("bwrap", code, trace="syscalls")
+    assert result.ok, result.stderr
+    flags = " ".join(result.behaviour["integrity"]["flags"])
+    assert "past the tracer's cap" in flags and "closing record is missing" not in flags, flags
+    execs = [e for e in kernel(result, "process") if e["detail"]["target"] == "/bin/true"
+             or e["detail"]["target"] == "/usr/bin/true"]
+    assert 40 < sum(e["detail"]["count"] for e in execs) < 120, execs
+
+
 FORGE = r"""
 import os, sys
 record = '{"type":"syscall","syscall":"connect","pid":1,"exe":"/x","address":' \

@@ -44,6 +44,11 @@ STOP_SIGNALS = (19, 20, 21, 22)  # SIGSTOP SIGTSTP SIGTTIN SIGTTOU
 SIGTRAP = 5
 WALL = 0x40000000
 ARGV_CAP = 64
+# Bytes of records written in all, under what the host reads back (TRACE_CAP, 16 MiB, in
+# host/tracer.py): 20,000 records of 64 escaped 512-character arguments would be gigabytes
+# in the run dir. Past ORDINARY_BYTES only execs, connections and sensitive opens are kept.
+BYTE_CAP = 15 << 20
+ORDINARY_BYTES = 12 << 20
 FLUSH_EVERY = 64
 # Argument layout per syscall: which args are paths (P), a sockaddr (S: ptr, len), flags.
 PATHS = {"open": (0,), "creat": (0,), "openat": (1,), "openat2": (1,), "execve": (0,),
@@ -114,7 +119,7 @@ class Tracer:
         self.procs: dict[int, dict] = {}  # tid -> {"ppid", "exe", "job"}
         self.pending: dict[int, dict] = {}  # tid -> the record waiting for its exit stop
         self.early: set[int] = set()
-        self.written = self.dropped = 0
+        self.written = self.dropped = self.bytes = 0
         self.started = time.monotonic()
         self.info = _Info()
 
@@ -218,16 +223,18 @@ class Tracer:
         return None
 
     def write(self, record: dict) -> None:
-        if self.written >= self.ordinary:
+        line = json.dumps(record, separators=(",", ":")) + "\n"  # ASCII: one byte a char
+        if self.written >= self.ordinary or self.bytes + len(line) > ORDINARY_BYTES:
             kind = self.vital(record)
             if kind is None or self.reserved.get(kind, 0) >= self.reserve \
-                    or self.written >= self.cap:
+                    or self.written >= self.cap or self.bytes + len(line) > BYTE_CAP:
                 self.dropped += 1
                 self.dropped_vital += kind is not None
                 return
             self.reserved[kind] = self.reserved.get(kind, 0) + 1
         self.written += 1
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.bytes += len(line)
+        self.out.write(line)
         if self.written % self.flush_every == 0:
             self.out.flush()
 
@@ -323,7 +330,7 @@ class Tracer:
     def write_end(self) -> None:
         end = {"type": "end", "records": self.written, "dropped": self.dropped,
                "dropped_vital": self.dropped_vital, "cap": self.cap,
-               "reserve": self.reserve}
+               "byte_cap": BYTE_CAP, "reserve": self.reserve}
         self.out.write(json.dumps(end) + "\n")
         self.out.close()
 

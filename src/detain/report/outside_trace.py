@@ -199,7 +199,8 @@ def _cap_flag(end: dict[str, Any]) -> str:
     kept = (f"; none of them an exec, a connection or a sensitive open (each has {reserve} "
             "records reserved)" if not vital else
             f", {vital} of them execs, connections or sensitive opens past their reserve")
-    return (f"{SOURCE}: {end['dropped']} record(s) past the tracer's cap of {cap} were "
+    size = f" ({end['byte_cap'] >> 20} MiB)" if isinstance(end.get("byte_cap"), int) else ""
+    return (f"{SOURCE}: {end['dropped']} record(s) past the tracer's cap of {cap}{size} were "
             f"counted, not written{kept}")
 
 
