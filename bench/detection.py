@@ -61,15 +61,17 @@ def dynamic(sdist: Path, seconds: float) -> dict[str, Any]:
         report = {}
     verdict = report.get("verdict") if isinstance(report.get("verdict"), dict) else {}
     level = verdict.get("level")
-    events = [e for p in report.get("phases") or [] if isinstance(p, dict)
-              for e in (p.get("report") or {}).get("events") or []
-              if isinstance(e, dict) and e.get("severity") == "high"]
+    notable = [e for p in report.get("phases") or [] if isinstance(p, dict)
+               for e in (p.get("report") or {}).get("events") or []
+               if isinstance(e, dict) and e.get("severity") in ("high", "medium")]
+    events = [e for e in notable if e.get("severity") == "high"]
     highs = [f"{e.get('phase')}: {e.get('summary')}"[:160] for e in events]
     located = [{"file": e.get("file"), "line": e.get("line"), "phase": e.get("phase"),
-                "summary": str(e.get("summary"))[:160]} for e in events]
+                "severity": e.get("severity"), "summary": str(e.get("summary"))[:160]}
+               for e in notable]
     return {"exit": done.returncode, "verdict": level if isinstance(level, str) else None,
             "reasons": verdict.get("reasons") or [], "dynamic_highs": highs[:5],
-            "high_events": located[:500],
+            "notable_events": located[:1000],
             "decoys": bool(report.get("decoys")), "seconds": report.get("seconds")}
 
 
@@ -197,26 +199,28 @@ def render(result: dict[str, Any]) -> None:
 def _render_attribution(bad: list[dict[str, Any]]) -> None:
     """The issue's dynamic goal: every runnable behaviour observed, >= 95% at its file:line.
 
-    Per sample whose deed runs here: observed when the report has a high event of its
-    own (from the audit hook or the outside trace); located when one of them points at a
-    deed line. Per event: of the high events attributed to a file with deeds, how many
-    point at a deed line (the rest point at another line of the package)."""
+    Per sample whose deed runs here: located when a notable event (medium or high, from
+    the audit hook or the outside trace) points at a deed line; observed when located or
+    when the report has any high event. Per event: of the notable events attributed to a
+    file with deeds, how many point at a deed line (the rest: another line of the
+    package)."""
     runnable = [r for r in bad if r.get("deeds") and r.get("exit") is not None]
-    observed = [r for r in runnable if r.get("high_events")]
     located = [r for r in runnable
-               if any(at_deed(e, r["deeds"]) for e in r.get("high_events") or [])]
-    events = [(r, e) for r in runnable for e in r.get("high_events") or []
+               if any(at_deed(e, r["deeds"]) for e in r.get("notable_events") or [])]
+    observed = [r for r in runnable if r in located or any(
+        e.get("severity") == "high" for e in r.get("notable_events") or [])]
+    events = [(r, e) for r in runnable for e in r.get("notable_events") or []
               if in_package(e, r["deeds"])]
     right = sum(at_deed(e, r["deeds"]) for r, e in events)
     share = len(located) / len(runnable) if runnable else 0.0
     print(f"\ndynamic: runnable behaviours observed {_rate(len(observed), len(runnable))}; "
           f"at the right file:line {_rate(len(located), len(runnable))} (goal >= 95%: "
-          f"{'met' if share >= 0.95 else 'NOT met'}); high events in the package's deed "
+          f"{'met' if share >= 0.95 else 'NOT met'}); notable events in the package's deed "
           f"files at a deed line {_rate(right, len(events))}")
     for row in runnable:
         if row not in located:
             seen = "; ".join(f"{e['file']}:{e['line']} {e['summary'][:60]}"
-                             for e in (row.get("high_events") or [])[:4]) or "no high event"
+                             for e in (row.get("notable_events") or [])[:4]) or "no event"
             print(f"  not located: {row['package']} (deeds {row['deeds']}): {seen}")
     hidden = [r for r in bad if r.get("hidden")]
     if hidden:

@@ -48,6 +48,7 @@ def kernel(event: str, category: str, **detail) -> dict:
     kernel("proxy.connect", "network", host="evil.example", port=80, allowed=False),
     hook("subprocess.Popen", "process", executable="curl", argv="['curl', 'x']"),
     hook("os.system", "process", command="sh -c 'id'"),
+    hook("os.system", "process", command="id > /tmp/.o"),  # a shell's redirection
     kernel("kernel.execve", "process", target="/usr/bin/wget", argv="wget x"),
     hook("open", "file-write", path="/scratch/.bashrc", mode="a"),
     kernel("kernel.rename", "file-write", target="/tmp/x -> /usr/lib/python3/sitecustomize.py"),
@@ -75,6 +76,7 @@ def test_high_signals_are_malicious_looking(event):
            target="/scratch/tmp/pip-build-env-x/site/sitecustomize.py"),
     kernel("kernel.unlinkat", "file-write", target="/scratch/.bashrc"),
     hook("compile", "code", source="def f(): pass"),
+    hook("os.system", "process", command="uname -m"),
 ])
 def test_ordinary_build_work_is_clean(event):
     assert verdict([event], INDEX) == {"level": CLEAN, "reasons": [], "signals": {}}

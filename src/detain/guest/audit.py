@@ -197,7 +197,9 @@ class Auditor:
     def _classify(self, filename):
         if filename.startswith("<frozen "):
             return STDLIB
-        if filename.startswith("<"):
+        if filename.startswith("<") or not os.path.isabs(filename):
+            # made by compile(): `<string>`, or whatever name it was handed ('r'); every
+            # file the interpreter loads is named by its absolute path here (-I: no '')
             return PSEUDO
         if os.path.dirname(filename) == self.guest_dir:
             return GUEST

@@ -48,7 +48,7 @@ CREDENTIALS = (*SENSITIVE, "/.config/gcloud", "/.azure/", "/.npmrc", "/.config/g
                "Library/Keychains", "/.gnupg/", "/.vault-token", "/etc/gshadow")
 PERSISTENCE = re.compile(
     r"(/\.(bashrc|bash_profile|bash_login|profile|zshrc|zprofile|zshenv|xprofile|xinitrc)$"
-    r"|/\.config/(fish/config\.fish|autostart/|systemd/user/)|^/etc/(profile\.d/|cron|"
+    r"|/\.config/(fish/config\.fish|autostart(/|$)|systemd/user(/|$))|^/etc/(profile\.d/|cron|"
     r"systemd/|rc\.local|ld\.so\.preload)|/var/spool/cron|crontab|/\.ssh/authorized_keys"
     r"|/Library/LaunchAgents/"
     # what Python runs at start-up: a site dir's .pth files and sitecustomize, the stdlib's
@@ -64,6 +64,7 @@ BUILD_TOOLS = re.compile(
     # what platform probes (lsb_release, a configure script) run: text tools, no network
     r"getopt|cut|tr|sed|grep|egrep|awk|head|tail|cat|sort|uniq|basename|dirname|expr|id|"
     r"ldd|file|true|false|test|\[)$")
+SHELL_SYNTAX = re.compile(r"[|;&<>$`]")
 DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
 BUILD_ENV = "/pip-build-env-"  # pip's isolated build env: its own sitecustomize, setuptools' .pth
 PROCESS_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
@@ -259,6 +260,8 @@ def _program(detail: dict[str, Any]) -> str | None:
     """The program a process event starts: its executable, or the first word of a shell
     command (os.system runs /bin/sh, whose command line names the real program)."""
     command = detail.get("command")
+    if command and SHELL_SYNTAX.search(str(command)):
+        return "sh"  # redirections, pipes, lists: the shell is the program, not a probe
     if command:
         try:
             words = shlex.split(str(command))
