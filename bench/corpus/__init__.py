@@ -23,7 +23,7 @@ BENIGN = [
     "click==8.5.1", "jinja2==3.1.6", "markupsafe==3.0.4", "pyyaml==6.0.4", "toml==0.10.2",
     "tomli==2.5.0", "colorama==0.4.6", "tqdm==4.70.1", "python-dateutil==4.0.0",
     "pytz==2026.6", "wheel==0.48.0", "pluggy==1.7.0", "iniconfig==2.3.1", "filelock==3.20.0",
-    "platformdirs==4.14.9", "distlib==0.4.4", "typing-extensions==4.16.0", "zipp==4.1.2",
+    "platformdirs==4.3.8", "distlib==0.4.4", "typing-extensions==4.16.0", "zipp==4.1.2",
     "more-itertools==11.2.1", "decorator==5.3.1", "simplejson==4.3.0", "docutils==0.23.1",
     "setuptools==84.2.1", "pyparsing==3.3.3", "pygments==2.21.0", "psutil==7.2.2",
     "wrapt==2.5.2",
