@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, detain_cli, run
+from conftest import REPO, detain_cli, require, run
 from detain.backends import BACKENDS
 
 
@@ -54,3 +54,18 @@ def test_another_interpreter_with_python_flag(backend):
     assert result.status == 0, (result.stderr, result.error)
     assert result.stdout.split()[1] == b"/usr"
     assert result.assurance["interpreter"]["path"] == os.path.realpath(other)
+
+
+def test_a_reader_that_goes_away_is_no_traceback(state_dir):
+    """`detain run … | head -1`: the rest of the job's output is dropped, the run ends
+    and cleans up as usual, and nothing but the job's own output is printed."""
+    import subprocess
+
+    require("bwrap")
+    proc = subprocess.Popen([sys.executable, "-m", "detain", "run", "--backend", "bwrap", "-c",
+                             "for i in range(200000): print(i)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"0\n"
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and b"Traceback" not in stderr, stderr

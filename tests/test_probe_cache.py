@@ -77,3 +77,23 @@ def test_a_cache_dir_that_is_a_link_is_ignored(tmp_path, state_dir):
     cached_answer(binary, "--version", ask, str(tmp_path / "cache"))
     assert len(calls) == 2
     assert not (real / FILE).exists()
+
+
+def test_a_cache_others_can_write_holds_no_filter_a_run_loads(tmp_path, state_dir):
+    """The seccomp filters, the container profile and the rootfs skeleton runs use are
+    cached too: from a cache dir another user could write, a run is refused, saying how to
+    fix it, instead of loading a filter someone else may have weakened."""
+    from conftest import detain_cli, require
+
+    require("bwrap")
+    loose = tmp_path / "xdg" / "detain"
+    loose.mkdir(parents=True)
+    loose.chmod(0o777)
+    env = {**os.environ, "XDG_CACHE_HOME": str(loose.parent)}
+    done = detain_cli("run", "--backend", "bwrap", "-c", "print(1)", env=env)
+    assert done.returncode != 0 and b"1\n" not in done.stdout
+    assert b"nobody else can write" in done.stderr and b"chmod 700" in done.stderr
+    assert b"Traceback" not in done.stderr
+    loose.chmod(0o700)
+    done = detain_cli("run", "--backend", "bwrap", "-c", "print(1)", env=env)
+    assert done.returncode == 0 and done.stdout == b"1\n", done.stderr

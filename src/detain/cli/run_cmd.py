@@ -159,10 +159,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _stream(target) -> Any:
+    """The job's output relayed to `target`; once its reader is gone (`| head`), the rest
+    is dropped, as a pipeline's writer would stop, and the run finishes and cleans up."""
+    gone = []
+
     def write(chunk: bytes) -> None:
-        target.write(chunk)
-        target.flush()
+        if gone:
+            return
+        try:
+            target.write(chunk)
+            target.flush()
+        except BrokenPipeError:
+            gone.append(True)
+            _silence(target)
     return write
+
+
+def _silence(target) -> None:
+    """Point a stream whose reader is gone at /dev/null, so no later flush (the final
+    report line, the interpreter's exit) raises again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, target.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def execute(args: argparse.Namespace) -> int:

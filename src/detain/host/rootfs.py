@@ -21,7 +21,7 @@ from pathlib import Path
 from ..backends.bwrap import ETC_FILES, GROUP, GUEST_DIR, GUEST_JOB, PASSWD, ROOT_LINKS
 from ..guest import LAUNCHER
 from ..policy import SCRATCH
-from .tools import cache_dir
+from .tools import trusted_cache_dir
 
 LAYOUT = 2
 GUEST_CHANNEL = "/detain/channel"
@@ -94,7 +94,7 @@ def skeleton(mount_dirs: tuple[str, ...] = ()) -> Path:
     """The cached skeleton with mount points for `mount_dirs` (the interpreter's)."""
     layout = _layout(mount_dirs)
     digest = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir() / f"rootfs-{digest}"
+    path = trusted_cache_dir() / f"rootfs-{digest}"
     if path.is_dir():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

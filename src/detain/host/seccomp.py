@@ -22,7 +22,7 @@ from importlib.util import source_hash
 from pathlib import Path
 
 from ..errors import ProtectionError
-from .tools import cache_dir
+from .tools import trusted_cache_dir
 
 CLONE_NEWUSER = 0x10000000
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
@@ -75,7 +75,7 @@ def filter_path(host_namespaces: bool = False) -> Path:
     `host_namespaces`: the sandbox has no network/IPC namespace of its own, so sockets and
     host IPC are denied too.
     """
-    path = cache_dir() / f"seccomp-{_rules_digest(host_namespaces)}.bpf"
+    path = trusted_cache_dir() / f"seccomp-{_rules_digest(host_namespaces)}.bpf"
     if path.is_file() and path.stat().st_size > 0:
         return path
     try:

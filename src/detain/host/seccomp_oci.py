@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .seccomp import CLONE_NEWUSER, DENIED, TIOCLINUX, TIOCSTI
-from .tools import cache_dir
+from .tools import trusted_cache_dir
 
 
 def profile(trace: bool = False) -> dict:
@@ -59,7 +59,7 @@ def _trace_rules() -> list[dict]:
 def profile_path(trace: bool = False) -> Path:
     """The profile as a file (engines take a path), written once per rule set."""
     text = json.dumps(profile(trace), sort_keys=True)
-    path = cache_dir() / f"seccomp-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    path = trusted_cache_dir() / f"seccomp-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -21,6 +21,34 @@ def cache_dir() -> Path:
     return Path(base) / "detain"
 
 
+def trusted_cache_dir() -> Path:
+    """The cache dir, for what decides a run's protections (the seccomp filters runs load,
+    the container profile, the rootfs skeleton): created 0700, and refused unless it is
+    the euid's own, writable by nobody else, in a parent nobody else can swap it in (the
+    euid's or root's, not writable by others unless sticky)."""
+    import stat
+
+    from ..errors import ProtectionError
+
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, mode=0o700, exist_ok=True)
+        info, parent = os.lstat(path), os.stat(path.parent)
+    except OSError as exc:
+        raise ProtectionError(f"detain's cache {path} cannot be used ({exc.strerror}); set "
+                              "XDG_CACHE_HOME to a directory of yours") from None
+    euid = os.geteuid()
+    own = stat.S_ISDIR(info.st_mode) and info.st_uid == euid and not info.st_mode & 0o022
+    parent_ok = parent.st_uid in (euid, 0) and (
+        not parent.st_mode & 0o022 or parent.st_mode & stat.S_ISVTX)
+    if not (own and parent_ok):
+        raise ProtectionError(
+            f"detain's cache {path} holds the seccomp filters runs load, so it must be a "
+            f"directory of yours (uid {euid}) that nobody else can write or replace; fix "
+            f"its owner and mode (chmod 700 {path}) or set XDG_CACHE_HOME elsewhere")
+    return path
+
+
 def tool_version(path: str, pattern: str = r"(\d+(?:\.\d+)+)",
                  env: dict[str, str] | None = None) -> str | None:
     """The first group of `pattern` in `path --version`'s output, or None."""

@@ -36,7 +36,7 @@ from ..errors import ProtectionError
 from ..report.events import SENSITIVE
 from . import seccomp
 from .privileges import _check, _libc
-from .tools import cache_dir
+from .tools import trusted_cache_dir
 from .warden import BOOT, SOURCE_ROOT
 
 TRACED = ("execve", "execveat", "open", "openat", "openat2", "creat", "connect", "sendto",
@@ -78,7 +78,7 @@ def filter_path() -> Path:
     architecture, which kills the process: nothing runs past the filter unseen."""
     digest = hashlib.sha256(repr(sorted(syscall_numbers().items())).encode()
                             + Path(__file__).read_bytes()).hexdigest()[:16]
-    path = cache_dir() / f"trace-{digest}.bpf"
+    path = trusted_cache_dir() / f"trace-{digest}.bpf"
     if path.is_file() and path.stat().st_size > 0:
         return path
     try:
