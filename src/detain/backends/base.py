@@ -302,7 +302,8 @@ class Backend:
                 started.tracer = self.outside_tracer(ctx, launch)
             elif policy.trace and not getattr(self, "supports_trace", False):
                 raise ProtectionError(f"--trace: the {self.name} backend cannot be traced "
-                                      "from outside; use --backend bwrap, landlock or gvisor")
+                                      "from outside; use --backend bwrap, landlock, gvisor, "
+                                      "microvm, or podman as root")
             started.child_fds += launch.pass_fds
             started.host_fds += launch.read_fds()
             started.proc = spawn(launch.argv, env=launch.env, cwd=launch.cwd or str(run.path),
