@@ -1,14 +1,15 @@
 """The HTTP service under load: sustained submissions/s and p50/p99 latency with `wait=true`.
 
 Two jobs: `print(42)`, and a grading job of 10 test cases (one submission each, the way a
-judge grades, stdin and expected output per case). Two set-ups: embedded (one
-`detain serve --http`, SQLite, 2 workers) and scaled out (the API, Redis, PostgreSQL and
-two `detain worker`s of concurrency 1). Each is loaded by C concurrent clients on loopback,
-each keeping its connection open. Beside each, measured in the same run just before it, the
-warm API on the same backend: one `Sandbox(warm=C)` run by C threads, the most the sandboxes
-alone can do here, and a lone warm run's p50 (the issue's goal: a submission's p50 within 2x
-of it; "x API" compares with the API under the same C callers). The distributed set-up
-needs redis-server and PostgreSQL (`make test` installs them); `--embedded` leaves it out.
+judge grades, stdin and expected output per case). Two set-ups: embedded (one `detain serve
+--http`, SQLite, 2 workers) and scaled out (the API, Redis, PostgreSQL and one then two
+`detain worker`s of concurrency 1: how throughput grows with workers). Each is loaded by C
+concurrent clients on loopback, each keeping its connection open. Beside each, measured in
+the same run just before it, the warm API on the same backend: one `Sandbox(warm=C)` run by
+C threads, the most the sandboxes alone can do here, and a lone warm run's p50 (the issue's
+goal: a submission's p50 within 2x of it; "x API" compares with the API under the same C
+callers). The distributed set-up needs redis-server and PostgreSQL (`make test` installs
+them); `--embedded` leaves it out.
 
     python bench/service.py [--seconds S] [--clients C] [--backend bwrap] [--embedded]
 """
@@ -118,19 +119,21 @@ def report(name: str, rate: float, latencies: list[float], api: tuple | None = N
     print(line)
 
 
-def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace) -> None:
+def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace) -> float:
     """The warm API on these jobs, then the service on the same: under load (C clients),
-    and one client alone, whose p50 is the one to hold against a lone warm run."""
+    and one client alone, whose p50 is the one to hold against a lone warm run. Returns
+    the service's rate under load."""
     api = warm_api(args.backend, bodies, args.seconds, args.clients)
     report(f"  warm API, {name}", api[0], api[1])
     # Not counted: the server's spares for C callers, workers that have just started.
     load(lambda: Client(url), bodies, 2.0, args.clients)
-    report(f"  service, {name}", *load(lambda: Client(url), bodies, args.seconds,
-                                        args.clients), api)
+    served = load(lambda: Client(url), bodies, args.seconds, args.clients)
+    report(f"  service, {name}", *served, api)
     rate, latencies = load(lambda: Client(url), bodies, args.seconds / 2, 1)
     p50 = statistics.median(latencies)
     print(f"  one client alone, {name}: {rate:.1f}/s, p50 {p50 * 1000:.1f} ms = "
           f"{p50 / api[2]:.1f}x a lone warm run's {api[2] * 1000:.1f} ms")
+    return served[0]
 
 
 def main() -> None:
@@ -169,14 +172,22 @@ def main() -> None:
         api = Server(root / "api", *common)
         env = {**os.environ, "DETAIN_STATE_DIR": str(root / "workers")}
         (root / "workers").mkdir()
-        workers = [subprocess.Popen([sys.executable, "-m", "detain", "worker", "--name", f"w{i}",
-                                     "--concurrency", "1", *common], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for i in range(2)]
-        print("2 workers of concurrency 1 (the API, Redis and PostgreSQL on the same CPUs):")
+        workers: list[subprocess.Popen] = []
+        rates: dict[int, float] = {}
         try:
-            for name, bodies in jobs.items():
-                compare(name, api.url, bodies, args)
+            for count in (1, 2):  # the same load on one worker, then on two
+                while len(workers) < count:
+                    workers.append(subprocess.Popen(
+                        [sys.executable, "-m", "detain", "worker", "--name",
+                         f"w{len(workers)}", "--concurrency", "1", *common], env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                print(f"{count} worker(s) of concurrency 1 (the API, Redis and PostgreSQL on "
+                      "the same CPUs):")
+                rates[count] = compare("print(42)", api.url, jobs["print(42)"], args)
+            compare("grading, 10 cases", api.url, jobs["grading, 10 cases"], args)
+            print(f"distributed print(42): 1 worker {rates[1]:.1f}/s, 2 workers "
+                  f"{rates[2]:.1f}/s: x{rates[2] / rates[1]:.2f} for twice the workers "
+                  f"({rates[2] / min(2, os.cpu_count() or 1):.1f}/s a core)")
         finally:
             for worker in workers:
                 worker.terminate()
