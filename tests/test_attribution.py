@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from conftest import detain_cli, require
+from conftest import detain_cli, require, run
 from detain.report.build import crosscheck
 
 
@@ -153,3 +153,13 @@ def test_prediction_is_per_line_or_function(tmp_path):
     assert findings[0]["confirmed_by"] == [1, 2]
     assert (near["predicted"], same_function["predicted"], elsewhere["predicted"]) == (
         True, True, False)
+
+
+def test_code_exec_d_by_a_c_job_is_its_line_whatever_name_compile_was_given():
+    """`-c` code is the job's own even though it is `<string>`; what it exec'd, compiled
+    under any name ('r', a path that is no file), is reported at the exec's line."""
+    code = ("src = 'import os\\nos.system(\"true\")\\n'\n"
+            "code = compile(src, 'r', 'exec')\nexec(code)\n")
+    result = run("bwrap", code)
+    spawned = [e for e in result.behaviour["events"] if e["event"] == "os.system"]
+    assert [(e["file"], e["line"], e["via"]) for e in spawned] == [("<string>", 3, ["r:2"])]

@@ -292,6 +292,11 @@ class Auditor:
                 break
             frame = outer
         if chain and frame is chain[-1]:  # exec'd by something outside the code under test
+            outer = frame.f_back
+            if outer is not None and self.classify(outer.f_code.co_filename) == GUEST:
+                # the launcher ran it: the job's own `-c` code, which exec'd the rest
+                return (clip(frame.f_code.co_filename), frame.f_lineno or 0,
+                        pseudo_names(chain[:-1]), through)
             named = frame.f_globals.get("__file__")
             own = nested_codes(module_code(frame, self.modules_seen), self.nested) if isinstance(
                 named, str) and self.classify(named) == JOB else ()
