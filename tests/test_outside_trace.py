@@ -92,6 +92,22 @@ def test_the_records_stay_under_what_the_host_reads_back():
     assert 40 < sum(e["detail"]["count"] for e in execs) < 120, execs
 
 
+def test_a_persistence_write_after_a_flood_of_writes_is_still_seen():
+    """30,000 ordinary writes fill the tracer's cap and the listing cap; the .pth written
+    after them has a reserve in both, so it is listed, and the verdict says persistence."""
+    require("bwrap")
+    code = ("import os\nfor i in range(30000):\n    os.close(os.open(f'/tmp/f{i % 3000}', "
+            "os.O_WRONLY | os.O_CREAT))\nos.makedirs('/tmp/lib/site-packages')\n"
+            "os.close(os.open('/tmp/lib/site-packages/zz.pth', os.O_WRONLY | os.O_CREAT))\n")
+    result = run("bwrap", code, trace="syscalls")
+    assert result.ok, result.stderr
+    written = [e for e in kernel(result, "file-write") if "zz.pth" in e["detail"]["target"]]
+    assert written, result.behaviour["integrity"]["flags"]
+    from detain.report.build import build_report
+
+    assert build_report(result)["verdict"]["signals"].get("persistence"), written
+
+
 FORGE = r"""
 import os, sys
 record = '{"type":"syscall","syscall":"connect","pid":1,"exe":"/x","address":' \

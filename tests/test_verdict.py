@@ -387,3 +387,35 @@ def test_static_malware_indicators_count_in_the_package_verdict():
     assert judged["level"] == "malicious-looking"
     assert judged["reasons"] == ["static: reads the AWS credentials file (setup.py:7)"]
     assert package_verdict([], {"findings": scan["findings"][1:]})["level"] == "clean"
+
+
+def test_a_record_that_is_not_all_that_happened_is_never_clean():
+    """A flood that filled a budget or a cap, a forged or missing record, an absent
+    summary: the deed may be what was pushed out, so the verdict says so (suspicious)."""
+    flooded = {"complete": False, "flags": [], "dropped": {"os.environ.get": 1101}}
+    assert verdict([], INDEX, flooded)["reasons"] == [
+        "evidence incomplete: events past the audit hook's budget: os.environ.get"]
+    forked = {"complete": False, "flags": [], "dropped": {"forked process 4: open": 3}}
+    assert verdict([], INDEX, forked)["level"] == SUSPICIOUS
+    traced = {"complete": False, "flags": ["outside trace: 80518 record(s) past the cap"]}
+    assert verdict([], INDEX, traced)["level"] == SUSPICIOUS
+    imports = {"complete": False, "flags": [], "dropped": {"import": 40, "child compile": 3}}
+    assert verdict([], INDEX, imports)["level"] == CLEAN  # hides only more of the same
+    assert verdict([], INDEX, {"complete": True, "flags": []})["level"] == CLEAN
+    opens = {"complete": False, "flags": [], "dropped": {"child open": 900}}
+    assert verdict([], INDEX, opens)["level"] == SUSPICIOUS
+    # seen from outside too, where credential and persistence paths have a reserve
+    assert verdict([], INDEX, opens, traced=True)["level"] == CLEAN
+    harmless = {"complete": False, "flags": [
+        "outside trace: 9 record(s) past the tracer's cap of 20000 were counted, not written; "
+        "none of them an exec, a connection or a sensitive open"]}
+    assert verdict([], INDEX, harmless, traced=True)["level"] == CLEAN
+
+
+@pytest.mark.parametrize("event", [
+    hook("subprocess.Popen", "process", executable="tmp/gcc", argv="['tmp/gcc']"),
+    kernel("kernel.execve", "process", target="/scratch/tmp/pip-req-build-x/tmp/uname"),
+    kernel("kernel.execve", "process", target="/home/dev/.cache/cc"),
+])
+def test_a_build_tool_s_name_on_a_dropped_program_is_no_pass(event):
+    assert verdict([event], INDEX)["level"] == MALICIOUS

@@ -39,6 +39,13 @@ from .privileges import _check, _libc
 from .tools import trusted_cache_dir
 from .warden import BOOT, SOURCE_ROOT
 
+# Paths a write to which is persistence (report/verdict.py's PERSISTENCE, as substrings):
+# like credential opens, such writes have a reserve in the tracer's cap, so a flood of
+# ordinary writes cannot push one out.
+PERSISTENT = (".bashrc", ".bash_profile", ".profile", ".zshrc", ".zprofile", ".zshenv",
+              "/.config/autostart", "/.config/systemd/user", "/etc/profile.d", "cron",
+              "/etc/systemd/", "rc.local", "ld.so.preload", "authorized_keys",
+              "LaunchAgents", "sitecustomize", "usercustomize", ".pth")
 TRACED = ("execve", "execveat", "open", "openat", "openat2", "creat", "connect", "sendto",
           "sendmsg", "bind", "listen", "unlink", "unlinkat", "rename", "renameat",
           "renameat2", "chmod", "fchmodat", "mkdir", "mkdirat", "symlink", "symlinkat",
@@ -193,7 +200,7 @@ def tracer_arguments(machinery: str | None = None) -> list[str]:
     inside the guest (microvm/guest_init.py), whose first process is the job's."""
     table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
     return [str(MAX_RECORDS), str(RESERVE), str(STRING_CAP), machinery or "-", table,
-            json.dumps(SENSITIVE)]
+            json.dumps(SENSITIVE + PERSISTENT)]
 
 
 def usable() -> str | None:

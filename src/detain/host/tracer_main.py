@@ -13,8 +13,9 @@ end or shape a record.
 Arguments: OUTPUT_FD REQUEST_FD GO_FD MAX_RECORDS RESERVE STRING_CAP MACHINERY NR=NAME,...
 SENSITIVE [FLUSH_EVERY]. MACHINERY is the sandbox tool the process first execs (bwrap),
 whose own processes are not the job's ('-': none, the first exec is the job's). Of
-MAX_RECORDS, RESERVE each are kept for execs, for connections and for opens of SENSITIVE
-paths (a JSON list of substrings): a flood of chmods cannot push out a later exec. Records
+MAX_RECORDS, RESERVE each are kept for execs, for connections and for opens and writes of
+SENSITIVE paths (a JSON list of substrings: credentials, persistence): a flood of chmods
+cannot push out a later exec or a .pth written. Records
 are flushed every FLUSH_EVERY (default 64; 1 where a reader forwards them as they come).
 Stdlib only, imports next to nothing.
 
@@ -215,11 +216,11 @@ class Tracer:
         name = record.get("syscall")
         if name in VITAL:
             return VITAL[name]
-        if name in OPENS:
-            path = (record.get("paths") or [None])[0]
-            text = path.get("text") if isinstance(path, dict) else path
-            if isinstance(text, str) and any(s in text for s in self.sensitive):
-                return "sensitive"
+        if name in OPENS or name in PATHS:  # opens, and the writes (renames, chmods ...)
+            for path in record.get("paths") or ():
+                text = path.get("text") if isinstance(path, dict) else path
+                if isinstance(text, str) and any(s in text for s in self.sensitive):
+                    return "sensitive"
         return None
 
     def write(self, record: dict) -> None:

@@ -23,7 +23,7 @@ from ..guest import LAUNCHER
 from ..guest.package_phase import CHILD_LOG_DIR, CHILD_NAMES
 from ..policy import SCRATCH
 from ..report.events import KERNEL
-from ..report.verdict import BUILD_TOOLS, signals
+from ..report.verdict import is_build_tool, signals
 
 PHASE_SCRIPT = LAUNCHER.with_name("package_phase.py")
 BUILD_TEMP = f"{SCRATCH}/tmp/"  # package_phase.py's TMPDIR for pip and its builds
@@ -64,7 +64,7 @@ class Own:
         if detail.get("pid") in self.pids:
             return True
         if event.get("event") == "kernel.execve":  # a compiler, git, lsb_release's tools
-            return bool(BUILD_TOOLS.match(os.path.basename(where)))
+            return is_build_tool(where)
         # the build's churn: its temp dir, and paths relative to the dir it builds in
         return event["category"] in ("file-read", "file-write") and (
             where.startswith((BUILD_TEMP, CHILD_LOGS)) or not where.startswith("/"))

@@ -36,6 +36,7 @@ from ..report.verdict import (
     allowed_of,
     build_tool_started,
     decide,
+    incomplete,
     signals,
     static_signals,
     verdict,
@@ -90,7 +91,8 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
         elif setting and event.get("category") == "env" and str(
                 (event.get("detail") or {}).get("name") or "").upper().startswith(setting):
             event["severity"] = "low"  # the package's own setting (TQDM_SLACK_TOKEN)
-    report["verdict"] = verdict(report["events"], allowed_of(report["policy"]))
+    report["verdict"] = verdict(report["events"], allowed_of(report["policy"]),
+                                report["integrity"], traced(report))
     report["summary"] = summarise(report)
     stdout = MARKER.join(result.stdout.rsplit(MARKER, 1)[:1]) if MARKER in result.stdout \
         else result.stdout
@@ -102,6 +104,11 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
             "report": report,
             "output_tail": (stdout[-2000:] + result.stderr[-3000:]).decode("utf-8",
                                                                              "replace")}
+
+
+def traced(report: dict[str, Any]) -> bool:
+    """Whether the outside tracer watched the phase (its assurance says so)."""
+    return "outside_trace" in (report.get("assurance") or {})
 
 
 def own_setting(project: str | None) -> str | None:
@@ -273,4 +280,6 @@ def package_verdict(phases: list[dict[str, Any]],
     never runs, a dependency missing here, a platform this is not)."""
     found = [s for phase in phases for s in signals(
         phase["report"]["events"], allowed_of(phase["report"]["policy"]))]
-    return decide(found + static_signals(static))
+    lost = [s for phase in phases
+            for s in incomplete(phase["report"].get("integrity"), traced(phase["report"]))]
+    return decide(found + lost + static_signals(static))

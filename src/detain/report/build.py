@@ -78,6 +78,7 @@ def build_report(result: Result, scan: dict[str, Any] | None = None,
             event["file"] = event["file"][len(relative_to):]
     kernel = parse_trace(result.trace)
     events += runtime_events(result) + kernel.events
+    integrity = with_flags(behaviour.get("integrity", {"flags": []}), kernel.flags)
     static = scan or {"ran": False, "findings": [], "errors": []}
     findings = [dict(f) for f in static.get("findings", [])]
     crosscheck(findings, events, scanned=bool(static.get("ran")), root=static.get("root"))
@@ -102,8 +103,9 @@ def build_report(result: Result, scan: dict[str, Any] | None = None,
                    "errors": static.get("errors", [])},
         "audit": bool(behaviour.get("audit")),
         "events": events,
-        "verdict": verdict(events, allowed_of(result.policy)),
-        "integrity": with_flags(behaviour.get("integrity", {"flags": []}), kernel.flags),
+        "verdict": verdict(events, allowed_of(result.policy), integrity,
+                           "outside_trace" in result.assurance),
+        "integrity": integrity,
     })
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from .events import KERNEL, SEVERITY, network_severity
+from .verdict import telling
 
-MAX_PER_CATEGORY = 2000
+MAX_PER_CATEGORY = 2000  # listed; a credential or persistence path is listed past it too
 TARGET_CAP = 300
 NAME_MAX = 15  # a task name's bytes (TASK_COMM_LEN - 1), in Linux and in gVisor
 TRUNCATED = "[detain: trace truncated after "
@@ -155,7 +156,8 @@ class Merged:
         if key in self.merged:
             self.merged[key]["detail"]["count"] += 1
             return self.merged[key]
-        if self.per_category.get(category, 0) >= MAX_PER_CATEGORY:
+        if self.per_category.get(category, 0) >= MAX_PER_CATEGORY and not (
+                category in ("file-read", "file-write") and telling(target)):
             self.over_cap[category] = self.over_cap.get(category, 0) + 1
             return None
         self.per_category[category] = self.per_category.get(category, 0) + 1

@@ -64,6 +64,10 @@ BUILD_TOOLS = re.compile(
     # what platform probes (lsb_release, a configure script) run: text tools, no network
     r"getopt|cut|tr|sed|grep|egrep|awk|head|tail|cat|sort|uniq|basename|dirname|expr|id|"
     r"ldd|file|true|false|test|\[)$")
+# Where the programs builds run live: the system's, package_phase.py's venv (made by
+# detain), and pip's build env (the build requirements pip installed: cmake, ninja ...).
+SYSTEM_PROGRAMS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/",
+                   "/scratch/venv/bin/", "/scratch/tmp/pip-build-env-")
 SHELL_SYNTAX = re.compile(r"[|;&<>$`]")
 DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
 BUILD_ENV = "/pip-build-env-"  # pip's isolated build env: its own sitecustomize, setuptools' .pth
@@ -80,7 +84,8 @@ ADDRESS = re.compile(r"^\(?'?\"?([^'\",()]+)'?\"?,\s*(\d+)")  # ('host', 80) as 
 HOST_PORT = re.compile(r"^(?:\[([0-9a-fA-F:.]+)\]|([^\s:\[\]]+)):(\d+)$")  # host:80, [v6]:80
 
 
-def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None) -> dict[str, Any]:
+def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None,
+            integrity: dict[str, Any] | None = None, traced: bool = False) -> dict[str, Any]:
     """{level, reasons (at most 3, strongest first), signals (how many of each)} for events.
 
     `allowed`: the hosts the run's policy let through (rules as `str(HostRule)` gives
@@ -96,7 +101,60 @@ def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None) -> d
         if signal["level"] == MALICIOUS:
             event["severity"] = "high"
         found.append(signal)
-    return decide(found)
+    return decide(found + incomplete(integrity, traced))
+
+
+# Event kinds whose loss hides no signal: a flood of imports or compiles hides only more of
+# the same (each kind has its own budget in the hook).
+HARMLESS_DROPS = ("import", "compile", "exec", "marshal.loads", "marshal.load",
+                  "pickle.find_class")
+
+
+def telling(path: str) -> bool:
+    """Whether a file path alone makes its read or write a signal (credentials,
+    persistence): such events are kept past listing caps."""
+    return bool(PERSISTENCE.search(path)) or any(c in path for c in CREDENTIALS)
+
+
+# Losses that cannot hide a signal: listing caps keep every telling path past them, the
+# tracer's cap keeps execs, connections and credential or persistence paths in reserve.
+HARMLESS_FLAGS = ("are not listed", "none of them an exec")
+
+
+FILE_KINDS = ("open", "os.remove", "os.unlink", "os.rename", "os.rmdir", "os.mkdir", "os.chmod",
+              "os.chown", "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree",
+              "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move",
+              "shutil.make_archive", "shutil.unpack_archive")
+
+
+def _kind(key: Any) -> str:
+    """The event kind of a `dropped` key (a forked process's or a child's are prefixed)."""
+    text = str(key)
+    if text.startswith("forked process "):
+        text = text.rpartition(": ")[2]
+    return text.removeprefix("child ")
+
+
+def incomplete(integrity: dict[str, Any] | None, traced: bool = False
+               ) -> list[dict[str, str]]:
+    """A signal when what was observed is not all that happened: a budget or cap filled
+    (a flood is how a job would push its deed out of the record), a record forged or
+    missing, the launcher's summary absent. Never clean then; suspicious, with the first
+    reason. `traced`: the outside tracer watched the run, and its reserve keeps every
+    credential and persistence path: file events the hook's budget lost (a big honest build
+    fills it) then hide nothing."""
+    if not isinstance(integrity, dict) or integrity.get("complete") is not False:
+        return []
+    flags = [str(f) for f in integrity.get("flags") or []
+             if not any(h in str(f) for h in HARMLESS_FLAGS)]
+    dropped = integrity.get("dropped") if isinstance(integrity.get("dropped"), dict) else {}
+    lost = sorted({_kind(k) for k, n in dropped.items() if isinstance(n, int) and n > 0}
+                  - set(HARMLESS_DROPS) - (set(FILE_KINDS) if traced else set()))
+    if not flags and not lost:
+        return []
+    what = flags[0] if flags else f"events past the audit hook's budget: {', '.join(lost[:4])}"
+    return [{"level": SUSPICIOUS, "kind": "evidence incomplete",
+             "text": f"evidence incomplete: {what[:200]}"}]
 
 
 def _walks(events: list[dict[str, Any]]) -> set[tuple[Any, Any, Any]]:
@@ -245,8 +303,12 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
 
 
 def is_build_tool(program: str) -> bool:
-    """Whether a program is one builds run (a compiler, git, uname, Python ...)."""
-    return bool(BUILD_TOOLS.match(os.path.basename(program)))
+    """Whether a program is one builds run (a compiler, git, uname, Python ...): by its
+    name, and installed where the system keeps programs (or named bare, found on PATH) or
+    the install phase's own venv; a `gcc` the package dropped in its build dir is not."""
+    if not BUILD_TOOLS.match(os.path.basename(program)):
+        return False
+    return "/" not in program or program.startswith(SYSTEM_PROGRAMS)
 
 
 def build_tool_started(event: dict[str, Any]) -> bool:

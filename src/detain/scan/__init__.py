@@ -86,9 +86,12 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
             errors.append(f"{rel}: {exc.strerror}")
             continue
         findings += checks.check_binary(file, rel, data)
+        findings += checks.check_placement(rel)
         if file.suffix == ".pth":
             findings += checks.check_pth(data.decode("utf-8", "replace"), rel)
-        if file.suffix == ".py" or (target.is_file() and b"\0" not in data[:1024]):
+        script = checks.is_wheel_script(rel) and data.startswith(b"#!") and b"python" in \
+            data[:128]  # a Python script without .py: pip installs and runs it as one
+        if file.suffix == ".py" or script or (target.is_file() and b"\0" not in data[:1024]):
             if len(data) >= MAX_READ:  # Bandit would read all of it: a bomb for the host
                 findings.append(checks.finding(
                     "oversized-source", "medium", "other", "Python source of 2 MiB or more: "

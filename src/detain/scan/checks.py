@@ -61,6 +61,39 @@ def _decode_head(data: bytes) -> bytes:
         return b""
 
 
+# Programs a wheel's scripts (NAME.data/scripts/, installed into the environment's bin dir)
+# must not be called: installing the package would replace them for everything run later.
+SHADOWED = re.compile(r"^(python[0-9.]*|pip[0-9.]*|sh|bash|dash|env|sudo|ls|git|curl|wget|"
+                      r"ssh|gcc|cc|make)$")
+STARTUP_FILES = ("sitecustomize.py", "usercustomize.py")
+
+
+def is_wheel_script(rel: str) -> bool:
+    parts = rel.split("/")
+    return len(parts) >= 3 and parts[-3].endswith(".data") and parts[-2] == "scripts"
+
+
+def check_placement(rel: str) -> list[dict[str, Any]]:
+    """What a file does by where it is installed, whatever it holds: a script that takes
+    an interpreter's or a tool's name, a sitecustomize/usercustomize at the top of what is
+    installed (Python runs it at every start)."""
+    parts = rel.split("/")
+    found = []
+    if is_wheel_script(rel) and SHADOWED.match(parts[-1]):
+        found.append(finding("shadows-program", "high", "persistence",
+                             f"installs a script named {parts[-1]!r} into the environment's "
+                             "bin dir: it replaces that program for everything run there "
+                             "later", rel))
+    # a wheel's root, its .data/purelib, an sdist's root (NAME-VERSION/) or src/ dir
+    top = len(parts) == 1 or parts[-2] in ("src", "purelib", "platlib") or (
+        len(parts) == 2 and "-" in parts[0])
+    if parts[-1] in STARTUP_FILES and top:
+        found.append(finding("startup-hook", "high", "persistence",
+                             f"ships {parts[-1]} where it is installed at the top of "
+                             "site-packages: Python runs it at every interpreter start", rel))
+    return found
+
+
 def check_binary(path: Path, rel: str, data: bytes) -> list[dict[str, Any]]:
     """Every executable by its magic (raw, or base64/hex text), and native suffixes.
 
