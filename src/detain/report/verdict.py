@@ -17,7 +17,8 @@ any source alike: the in-process audit hook, the host's proxy, a tracer outside 
   sitecustomize/usercustomize or a .pth file where Python runs it (a site dir).
 
 *Suspicious* is weaker behaviour with benign uses: loading a native library with ctypes,
-adding an audit hook, listening on a socket, a tampered audit channel, traffic the
+adding an audit hook, listening on a socket, a tampered audit channel or any record that is
+not all that happened (`incomplete`: a flood is how a job would hide its deed), traffic the
 sinkhole's recorder could only count (`sinkhole.lost`: a flood is how a job would hide what
 it sent). Anything else is *clean*.
 
