@@ -22,7 +22,7 @@ from typing import Any
 
 from .human import duration, more, size
 from .safe_text import visible_tree
-from .terminal import grouped
+from .terminal import grouped, where_of
 from .verdict import as_html
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -134,7 +134,7 @@ def _timeline(report: dict[str, Any]) -> str:
 def _rows(groups: list[dict[str, Any]]) -> str:
     rows = []
     for group in groups:
-        where = f"{group['file']}:{group['line']}" if group.get("file") else ""
+        where = where_of(group)
         flag = f' <span class="suspect">suspect: {_e(group["suspect"])}</span>' \
             if group.get("suspect") else ""
         if group.get("predicted") is False:

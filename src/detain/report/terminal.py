@@ -78,6 +78,15 @@ def _severity(severity: str) -> str:
     return f"[{STYLE.get(severity, '')}]{escape(severity)}[/]"
 
 
+def where_of(event: dict[str, Any], none: str = "") -> str:
+    """file:line of an event, and the exec'd code it ran through (`via`)."""
+    if not event.get("file"):
+        return none
+    via = event.get("via") if isinstance(event.get("via"), list) else []
+    return f"{event['file']}:{event['line']}" + (f" via {', '.join(map(str, via))}" if via
+                                                 else "")
+
+
 def grouped(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Notable events merged by (category, what, where), with a count and first time."""
     groups: dict[tuple, dict[str, Any]] = {}
@@ -98,7 +107,7 @@ def _behaviour(report: dict[str, Any]) -> Table:
     for column in ("severity", "category", "what", "where", "n", "source"):
         table.add_column(column, overflow="fold")
     for group in rows[:ROWS]:
-        where = f"{group['file']}:{group['line']}" if group.get("file") else "-"
+        where = where_of(group, "-")
         source = escape(group["provenance"])
         if group.get("suspect"):
             source += " [red]suspect[/]"
