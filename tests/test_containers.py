@@ -103,10 +103,11 @@ for child in children:
 
 def test_the_cached_skeleton_is_never_written():
     require("podman")
-    from detain.host import rootfs, seccomp
+    from detain.host import rootfs
+    from detain.host.tools import trusted_cache_dir
 
     run("podman", "pass")
-    roots = sorted(seccomp.cache_dir().glob("rootfs-*"))
+    roots = sorted(trusted_cache_dir().glob("rootfs-*"))
     assert roots
     def snapshot():
         return {str(p): p.lstat().st_mtime_ns for root in roots for p in root.rglob("*")}
