@@ -281,3 +281,40 @@ def test_an_honest_fork_raises_no_flag_a_replay_does(traced, replay):
     flags = " | ".join(integrity["flags"])
     assert "sequence number 1 used twice" in flags and "announced by no fork" in flags
     assert opens["child"]["suspect"] and not integrity["complete"]
+
+
+def _syscall(pid: int, name: str, path: str, **more) -> str:
+    import json
+
+    return json.dumps({"type": "syscall", "pid": pid, "ppid": 1, "syscall": name,
+                       "result": "ok", "paths": [path], "t": 0.1, **more}) + "\n"
+
+
+def test_a_python_without_the_audit_hook_is_marked_however_it_is_named():
+    """Told apart by what every CPython opens as it starts (encodings), renamed or not; a
+    Python whose hook opened its log (the install phase's beacon) is not marked."""
+    trace = (HEAD + _syscall(10, "execve", "/usr/bin/python3", argv=["python3"])
+             + _syscall(11, "execve", "/tmp/x/gcc", argv=["gcc", "-S", "-c", "pass"])
+             + _syscall(11, "openat", "/usr/lib/python3.11/encodings/__init__.py", flags=0)
+             + _syscall(12, "execve", "/scratch/venv/bin/python", argv=["python", "-S"])
+             + _syscall(12, "openat", "/x/encodings/__pycache__/__init__.cpython-311.pyc",
+                        flags=0)
+             + _syscall(13, "execve", "/scratch/venv/bin/python", argv=["python", "b.py"])
+             + _syscall(13, "openat", "/scratch/audit-children/13.jsonl", flags=0o2101)
+             + _syscall(14, "execve", "/usr/bin/cat", argv=["cat"])
+             + '{"type":"end","records":9,"dropped":0}\n')
+    events, flags, launcher, _setup = parse(trace)
+    assert launcher == 10 and not flags
+    unhooked = {e["detail"]["target"] for e in events if e["detail"].get("unhooked")}
+    assert unhooked == {"/tmp/x/gcc", "/scratch/venv/bin/python"}
+    assert [e["detail"]["pid"] for e in events if e["detail"].get("unhooked")] == [11, 12]
+
+
+def test_a_python_started_with_minus_s_is_marked_unhooked(traced):
+    result = run(traced, "import subprocess, sys\n"
+                 "subprocess.run([sys.executable, '-S', '-c', 'pass'], check=True)",
+                 trace="syscalls")
+    assert result.ok, result.stderr
+    children = [e for e in kernel(result, "process") if "-S" in e["detail"].get("argv", "")]
+    assert children and children[0]["detail"].get("unhooked") is True, children
+    assert "without detain's audit hook" in children[0]["summary"]

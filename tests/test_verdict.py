@@ -419,3 +419,42 @@ def test_a_record_that_is_not_all_that_happened_is_never_clean():
 ])
 def test_a_build_tool_s_name_on_a_dropped_program_is_no_pass(event):
     assert verdict([event], INDEX)["level"] == MALICIOUS
+
+
+def test_a_program_the_run_wrote_is_no_build_tool_wherever_it_lies():
+    """A `gcc` written into the venv's bin (a system-like place) and run is a process
+    started."""
+    write = kernel("kernel.openat", "file-write", target="/scratch/venv/bin/gcc", pid=7)
+    chmod = kernel("kernel.fchmodat", "file-write", target="/scratch/venv/bin/gcc mode 755")
+    run = kernel("kernel.execve", "process", target="/scratch/venv/bin/gcc", argv="gcc")
+    assert verdict([dict(run)], INDEX)["level"] == CLEAN
+    for written in (write, chmod):
+        assert verdict([written, dict(run, detail=dict(run["detail"]))],
+                       INDEX)["level"] == MALICIOUS
+
+
+HIDDEN_SETUP = '''
+import os, shutil, subprocess, sys
+from setuptools import setup
+subprocess.run([sys.executable, "-S", "-c", "import os; os.environ.get('AWS_SECRET_ACCESS_KEY')"])
+tool = os.path.join(os.path.dirname(sys.executable), "gcc")
+shutil.copy("/bin/true", tool)
+subprocess.run([tool])
+setup(name="hidden", version="1.0", py_modules=[])
+'''
+
+
+@pytest.mark.slow
+def test_a_python_outside_the_hook_and_a_dropped_build_tool_are_seen(tmp_path):
+    """setup.py starts a Python with -S (no site, so no audit hook: only the outside trace
+    sees it) and a `gcc` it wrote into the venv's bin: evidence incomplete, process started."""
+    needs_index()
+    done, report, events = vet(sdist(tmp_path, "hidden", {"setup.py": HIDDEN_SETUP}),
+                               tmp_path)
+    assert done.returncode == 3, done.stderr.decode()[-3000:]
+    install = report["phases"][0]["report"]
+    unhooked = [e for e in events if e["detail"].get("unhooked")]
+    assert unhooked and unhooked[0]["severity"] == "high", [e["summary"] for e in events]
+    assert any("without detain's audit hook" in f for f in install["integrity"]["flags"])
+    reasons = " | ".join(install["verdict"]["reasons"])
+    assert "process started: /scratch/venv/bin/gcc" in reasons, reasons

@@ -30,7 +30,6 @@ import importlib
 import inspect
 import json
 import os
-import pkgutil
 import re
 import signal
 import site
@@ -40,6 +39,7 @@ import warnings
 
 MARKER = "DETAIN-PHASE "
 MAX_MODULES = 500
+STARTUP_MODULES = ("sitecustomize", "usercustomize")
 MAX_CALLS = 500
 MAX_RECORDED = 200000  # files of the dependencies' RECORDs told to the hook
 
@@ -190,13 +190,56 @@ def top_level(site_dir):
         if entry.endswith(".dist-info") and os.path.isfile(os.path.join(path, "top_level.txt")):
             with open(os.path.join(path, "top_level.txt"), encoding="utf-8") as handle:
                 names.update(line.strip() for line in handle if line.strip())
-        elif entry.endswith(".py") and entry[:-3].isidentifier():
-            names.add(entry[:-3])
-        elif entry.isidentifier() and os.path.isfile(os.path.join(path, "__init__.py")):
-            names.add(entry)
-        elif ".cpython-" in entry and entry.endswith(".so"):
-            names.add(entry.split(".", 1)[0])
-    return sorted(n for n in names if n.isidentifier() and n not in ("bin", "tests", "test"))
+        elif module_stem(entry):
+            names.add(module_stem(entry))
+        elif entry.isidentifier() and has_python(path):
+            names.add(entry)  # a package, or a namespace package (no __init__.py)
+    return sorted(n for n in names if n.isidentifier() and n not in (
+        "bin", "tests", "test", *STARTUP_MODULES))  # those: what Python runs, imported first
+
+
+def has_python(path, depth=3):
+    """Whether a dir holds Python source at any of its first `depth` levels: a regular or
+    namespace package (only a wheel's .data or a dist-info has none)."""
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    if any(e.endswith(".py") for e in entries):
+        return True
+    return depth > 0 and any(e.isidentifier() and has_python(os.path.join(path, e), depth - 1)
+                             for e in entries[:MAX_MODULES])
+
+
+def submodules(name, paths, budget):
+    """Dotted names of every module under a package's `paths`, namespace subdirs (no
+    __init__.py, which pkgutil skips) included, at most `budget`."""
+    found, todo = [], [(name, list(paths))]
+    while todo and len(found) < budget:
+        prefix, dirs = todo.pop(0)
+        for directory in dirs:
+            try:
+                entries = sorted(os.listdir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                path = os.path.join(directory, entry)
+                stem = module_stem(entry)
+                if stem and stem.isidentifier() and stem != "__init__":
+                    found.append(prefix + "." + stem)
+                elif entry.isidentifier() and os.path.isdir(path) and has_python(path):
+                    found.append(prefix + "." + entry)
+                    todo.append((prefix + "." + entry, [path]))
+    return found[:budget]
+
+
+def module_stem(entry):
+    """The module name a file in a package dir is imported as (x.py, x.cpython-311-….so)."""
+    if entry.endswith(".py"):
+        return entry[:-3]
+    if ".cpython-" in entry and entry.endswith(".so"):
+        return entry.split(".", 1)[0]
+    return None
 
 
 def canonical(name):
@@ -235,8 +278,12 @@ def split_site(site_dir, project):
 
 
 def import_all(site_dir, seconds, own=None):
-    site.addsitedir(site_dir)
+    site.addsitedir(site_dir)  # its .pth files run, whichever distribution's
     results = {}
+    # what Python itself runs at every start, whoever installed it (site.main would)
+    for name in STARTUP_MODULES:
+        if os.path.isfile(os.path.join(site_dir, name + ".py")):
+            results[name] = limited(seconds, importlib.import_module, name)
     names = top_level(site_dir)
     if own:
         names = [n for n in names if n in own] or names
@@ -245,10 +292,8 @@ def import_all(site_dir, seconds, own=None):
         module = sys.modules.get(name)
         if not results[name][0] or not hasattr(module, "__path__"):
             continue
-        for info in pkgutil.walk_packages(module.__path__, name + ".", onerror=lambda _: None):
-            if len(results) >= MAX_MODULES:
-                break
-            results[info.name] = limited(seconds, importlib.import_module, info.name)
+        for sub in submodules(name, module.__path__, MAX_MODULES - len(results)):
+            results[sub] = limited(seconds, importlib.import_module, sub)
     return results
 
 

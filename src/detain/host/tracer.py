@@ -46,6 +46,10 @@ PERSISTENT = (".bashrc", ".bash_profile", ".profile", ".zshrc", ".zprofile", ".z
               "/.config/autostart", "/.config/systemd/user", "/etc/profile.d", "cron",
               "/etc/systemd/", "rc.local", "ld.so.preload", "authorized_keys",
               "LaunchAgents", "sitecustomize", "usercustomize", ".pth")
+# What every CPython opens as it starts, even under -S -I (encodings is not frozen): kept in
+# reserve too, so that no flood hides that a process is a Python interpreter, renamed or not
+# (report/outside_trace.py tells a Python without detain's audit hook by it).
+INTERPRETER_START = ("/encodings/__init__.py", "/encodings/__pycache__/__init__.")
 TRACED = ("execve", "execveat", "open", "openat", "openat2", "creat", "connect", "sendto",
           "sendmsg", "bind", "listen", "unlink", "unlinkat", "rename", "renameat",
           "renameat2", "chmod", "fchmodat", "mkdir", "mkdirat", "symlink", "symlinkat",
@@ -200,7 +204,7 @@ def tracer_arguments(machinery: str | None = None) -> list[str]:
     inside the guest (microvm/guest_init.py), whose first process is the job's."""
     table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
     return [str(MAX_RECORDS), str(RESERVE), str(STRING_CAP), machinery or "-", table,
-            json.dumps(SENSITIVE + PERSISTENT)]
+            json.dumps(SENSITIVE + PERSISTENT + INTERPRETER_START)]
 
 
 def usable() -> str | None:

@@ -23,7 +23,7 @@ from ..guest import LAUNCHER
 from ..guest.package_phase import CHILD_LOG_DIR, CHILD_NAMES
 from ..policy import SCRATCH
 from ..report.events import KERNEL
-from ..report.verdict import is_build_tool, signals
+from ..report.verdict import build_tool_started, mark_dropped, signals
 
 PHASE_SCRIPT = LAUNCHER.with_name("package_phase.py")
 BUILD_TEMP = f"{SCRATCH}/tmp/"  # package_phase.py's TMPDIR for pip and its builds
@@ -43,20 +43,29 @@ class Own:
                     # pip's parent is the launcher (or pip, installing build requirements)
                     self.pids.update((detail.get("pid"), detail.get("ppid")))
         self.pids.discard(None)
+        mark_dropped(events, lambda e: (e.get("detail") or {}).get("pid") in self.pids
+                     or self._phase_script(e))
 
     def __call__(self, event: dict[str, Any]) -> bool:
         detail = event.get("detail") or {}
         where = str(detail.get("path") or detail.get("target") or "")
-        if where.endswith(CHILD_NAMES):
-            return True  # the child audit hook's own files, seen from outside
+        if where.endswith(CHILD_NAMES) and (event.get("category") == "file-read"
+                                            or detail.get("pid") in self.pids):
+            return True  # the child audit hook's files read, or written by detain
         if event.get("provenance") == KERNEL:
             return self._kernel(event, detail, where)
-        if event.get("file") == PHASE_SCRIPT.name and not event.get("via") \
-                and event.get("pid") is None:
+        if self._phase_script(event):
             return True
         return bool(event.get("through")) and event["category"] in (
             "file-read", "file-write", "fd") and event["severity"] != "high" and not signals(
             [event], self.allowed)
+
+    @staticmethod
+    def _phase_script(event: dict[str, Any]) -> bool:
+        """An event of the phase script's own code (code exec'd for it, a .pth line,
+        carries `via`; a child process's carries its pid)."""
+        return event.get("file") == PHASE_SCRIPT.name and not event.get("via") \
+            and event.get("pid") is None
 
     def _kernel(self, event: dict[str, Any], detail: dict[str, Any], where: str) -> bool:
         if not self.pids or signals([event], self.allowed):
@@ -64,7 +73,7 @@ class Own:
         if detail.get("pid") in self.pids:
             return True
         if event.get("event") == "kernel.execve":  # a compiler, git, lsb_release's tools
-            return is_build_tool(where)
+            return build_tool_started(event) and not detail.get("unhooked")
         # the build's churn: its temp dir, and paths relative to the dir it builds in
         return event["category"] in ("file-read", "file-write") and (
             where.startswith((BUILD_TEMP, CHILD_LOGS)) or not where.startswith("/"))

@@ -32,6 +32,7 @@ from ..host.tracer import on_by_default
 from ..job import Job
 from ..net.rules import parse_rules
 from ..policy import RESERVED, SCRATCH, CopyOut, Mount, Policy
+from ..report.events import with_flags
 from ..report.verdict import (
     allowed_of,
     build_tool_started,
@@ -75,22 +76,31 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
     """One phase in the package report: the common report (issue 7's schema) plus outcome."""
     from ..report.build import build_report, summarise
 
-    report = build_report(result, scan, relative_to=SITE_MOUNT + "/")
+    report = build_report(result, scan, relative_to=SITE_MOUNT + "/", judge=False)
     for event in report["events"] if decoys is not None else ():
         mark_decoy(event, decoys)  # before Own: a decoy touched is never detain's doing
     is_own = Own(name, report["events"], allowed_of(report["policy"]))
     own = [e for e in report["events"] if is_own(e)]
     report["events"] = [e for e in report["events"] if not is_own(e)]
     setting = own_setting(project)
+    unhooked = []
     for event in report["events"]:
         event["phase"] = name
         if event.get("decoy"):
             continue
-        if name == "install" and build_tool_started(event):
+        if (event.get("detail") or {}).get("unhooked"):
+            event["severity"] = "high"
+            unhooked.append(str((event.get("detail") or {}).get("argv") or event["summary"]))
+        elif name == "install" and build_tool_started(event):
             event["severity"] = "low"  # a compiler, git, uname: what builds run
         elif setting and event.get("category") == "env" and str(
                 (event.get("detail") or {}).get("name") or "").upper().startswith(setting):
             event["severity"] = "low"  # the package's own setting (TQDM_SLACK_TOKEN)
+    if unhooked:
+        # its environment reads, native calls and the rest only the hook sees went unseen
+        report["integrity"] = with_flags(report["integrity"], [
+            f"{len(unhooked)} Python process(es) of the package ran without detain's audit "
+            f"hook (-S, another interpreter, or its start-up file removed): {unhooked[0][:120]}"])
     report["verdict"] = verdict(report["events"], allowed_of(report["policy"]),
                                 report["integrity"], traced(report))
     report["summary"] = summarise(report)
@@ -201,6 +211,7 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
     `sinkhole`: None (the default) puts every phase in the sinkhole where supported."""
     from ..net.sinkhole import supported
     from ..scan import scan
+    from ..scan.checks import check_installed
 
     say = progress or (lambda _text: None)
     config = read_config()
@@ -237,6 +248,8 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
         project = project_name(artifact)
         phases = [installed]
         site = installed.pop("site")
+        if site.is_dir():  # what runs unasked, whichever distribution put it there
+            installed["placed"] = check_installed(site)
         if installed["status"] == 0 and site.is_dir():
             say(f"import every module (sandboxed; {'sinkhole' if sinkhole else 'no'} network)")
             phases.append(run_code("import", site, policy, seconds, static, decoys, project))
@@ -282,4 +295,5 @@ def package_verdict(phases: list[dict[str, Any]],
         phase["report"]["events"], allowed_of(phase["report"]["policy"]))]
     lost = [s for phase in phases
             for s in incomplete(phase["report"].get("integrity"), traced(phase["report"]))]
-    return decide(found + lost + static_signals(static))
+    placed = static_signals({"findings": [f for p in phases for f in p.get("placed", [])]})
+    return decide(found + lost + static_signals(static) + placed)

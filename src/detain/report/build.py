@@ -67,10 +67,12 @@ def runtime_events(result: Result) -> list[dict[str, Any]]:
 
 
 def build_report(result: Result, scan: dict[str, Any] | None = None,
-                 relative_to: str | None = None) -> dict[str, Any]:
+                 relative_to: str | None = None, judge: bool = True) -> dict[str, Any]:
     """The report document; `scan` is scan.scan()'s output, or None when none ran.
     Event files under `relative_to` (a dir shown to the job, such as the package's site)
-    are named relative to it, as the scan names them."""
+    are named relative to it, as the scan names them. `judge=False` leaves the verdict
+    (None) to the caller, which first sets detain's own events apart: judging marks events
+    (a signal's event is high), so it is done once, on what the verdict is about."""
     behaviour = result.behaviour or {}
     events = [dict(e, detail=dict(e["detail"])) for e in behaviour.get("events", [])]
     for event in events if relative_to else ():
@@ -104,7 +106,7 @@ def build_report(result: Result, scan: dict[str, Any] | None = None,
         "audit": bool(behaviour.get("audit")),
         "events": events,
         "verdict": verdict(events, allowed_of(result.policy), integrity,
-                           "outside_trace" in result.assurance),
+                           "outside_trace" in result.assurance) if judge else None,
         "integrity": integrity,
     })
 

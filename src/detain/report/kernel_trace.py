@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import KERNEL, SEVERITY, network_severity
-from .verdict import telling
+from .verdict import is_build_tool, telling
 
 MAX_PER_CATEGORY = 2000  # listed; a credential or persistence path is listed past it too
 TARGET_CAP = 300
@@ -138,7 +138,9 @@ def _seconds(when: str) -> float | None:
 
 class Merged:
     """Kernel events merged by (syscall, target, outcome[, apart]) with a count, capped per
-    category, so a flood of throw-away files cannot push a later connect out. Shared by
+    category, so a flood of throw-away files cannot push a later connect out; telling paths
+    and programs that are not build tools are listed past the cap (a flood of execs must
+    not hide the one that counts). Shared by
     every kernel-side trace (gVisor's here, the outside tracer's in outside_trace.py)."""
 
     def __init__(self, source: str) -> None:
@@ -157,7 +159,8 @@ class Merged:
             self.merged[key]["detail"]["count"] += 1
             return self.merged[key]
         if self.per_category.get(category, 0) >= MAX_PER_CATEGORY and not (
-                category in ("file-read", "file-write") and telling(target)):
+                category in ("file-read", "file-write") and telling(target)) and not (
+                category == "process" and not is_build_tool(target)):
             self.over_cap[category] = self.over_cap.get(category, 0) + 1
             return None
         self.per_category[category] = self.per_category.get(category, 0) + 1

@@ -21,17 +21,20 @@ file:line, itself in-process evidence).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
 from typing import Any
 
 from ..host.rootfs import GUEST_CHANNEL
-from ..host.tracer import HEADER
+from ..host.tracer import HEADER, INTERPRETER_START
+from ..policy import SCRATCH
 from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS, with_flags
 from .kernel_trace import Merged
 
-O_DIRECTORY = 0o200000
+O_DIRECTORY, O_CREAT = 0o200000, 0o100
+PYTHON_NAME = re.compile(r"^python[0-9.]*$")
 QUIET_READS = ("/usr/", "/lib", "/bin/", "/sbin/", "/etc/ld.so.", "/etc/localtime",
                "/proc/self/", "/proc/thread-self/", "/dev/null", "/dev/urandom",
                "/dev/random", "/dev/zero", "/detain/", "/sys/devices/system/cpu",
@@ -130,6 +133,7 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
     merged = Merged(SOURCE)
     foreign, end, first_job = 0, None, None
     setup: set[int] = set()
+    pythons = _Pythons()
     setup_records, setup_open = 0, installs
     for line in lines[1:]:
         if not line:
@@ -160,6 +164,7 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
         if pid in setup:
             setup_records += 1
             continue
+        pythons.see(pid, record, execs)
         found = classify(record, quiet)
         if found is None:
             continue
@@ -178,7 +183,9 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
                            apart=pid)
         if event is not None and record.get("fileless") is True:
             _fileless(event, record)
-    flags = merged.cap_flags()
+        if event is not None and execs:
+            pythons.started(pid, event)
+    flags = merged.cap_flags() + pythons.mark(first_job)
     if foreign:
         flags.append(f"{SOURCE}: {foreign} line(s) are not tracer records; no event was "
                      "taken from them")
@@ -188,6 +195,66 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
     elif isinstance(end.get("dropped"), int) and end["dropped"] > 0:
         flags.append(_cap_flag(end))
     return merged.events(), flags, first_job, setup_records
+
+
+class _Pythons:
+    """Which processes were Python interpreters running without detain's audit hook.
+
+    The hook is in the launcher (the first process) and, in `detain package`'s install
+    phase, in every Python of the phase's venv that runs `site` (a .pth file starts it, and
+    its first act is to open its log under CHILD_LOGS: the beacon seen here). A Python
+    started with -S, another interpreter than the venv's, or one whose .pth was removed
+    runs the package's code where only this trace sees it: its exec is marked `unhooked`.
+    A process is a Python when it execs a program named so or, renamed, opens what every
+    CPython opens as it starts (the tracer keeps those opens in reserve)."""
+
+    def __init__(self) -> None:
+        self.execs: dict[int, dict[str, Any] | None] = {}  # pid -> its latest exec's event
+        self.python: set[int] = set()
+        self.hooked: set[int] = set()
+
+    def see(self, pid: int | None, record: dict[str, Any], execs: bool) -> None:
+        if pid is None:
+            return
+        paths = [_text(p) for p in record.get("paths", [])] if isinstance(
+            record.get("paths"), list) else []
+        if execs:  # a new program in this process: what was known of the old one is gone
+            self.execs[pid] = None
+            self.hooked.discard(pid)
+            self.python.discard(pid)
+            if paths and PYTHON_NAME.match(paths[0].rsplit("/", 1)[-1]):
+                self.python.add(pid)
+        elif record.get("syscall") in ("open", "openat", "openat2") and paths:
+            flags = record.get("flags") if isinstance(record.get("flags"), int) else 0
+            if any(start in paths[0] for start in INTERPRETER_START):
+                self.python.add(pid)
+            elif flags & O_CREAT and paths[0].startswith(_beacon_dir()) \
+                    and record.get("result") == "ok":
+                self.hooked.add(pid)
+
+    def started(self, pid: int | None, event: dict[str, Any]) -> None:
+        if pid is not None:
+            self.execs[pid] = event
+
+    def mark(self, launcher: int | None) -> list[str]:
+        """Mark each unhooked Python's exec; a flag for one whose exec is not listed."""
+        lost = 0
+        for pid in sorted(self.python - self.hooked - {launcher}):
+            event = self.execs.get(pid)
+            if event is None:
+                lost += 1
+                continue
+            event["detail"]["unhooked"] = True
+            event["summary"] += " — a Python without detain's audit hook"
+        return [f"{SOURCE}: {lost} Python process(es) without detain's audit hook whose "
+                "exec is not listed"] if lost else []
+
+
+@functools.cache
+def _beacon_dir() -> str:
+    from ..guest.package_phase import CHILD_LOG_DIR  # only runs that create files load it
+
+    return f"{SCRATCH}/{CHILD_LOG_DIR}/"
 
 
 def _cap_flag(end: dict[str, Any]) -> str:

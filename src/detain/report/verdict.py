@@ -34,6 +34,7 @@ import ipaddress
 import os
 import re
 import shlex
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,6 +71,7 @@ BUILD_TOOLS = re.compile(
 SYSTEM_PROGRAMS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/",
                    "/scratch/venv/bin/", "/scratch/tmp/pip-build-env-")
 SHELL_SYNTAX = re.compile(r"[|;&<>$`]")
+MODE_SUFFIX = re.compile(r" mode [0-7]+$")  # outside_trace.py's chmod targets
 DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
 BUILD_ENV = "/pip-build-env-"  # pip's isolated build env: its own sitecustomize, setuptools' .pth
 PROCESS_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
@@ -93,6 +95,7 @@ def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None,
     them); reaching them is not egress. An event that makes a run malicious-looking is
     high severity in the report too, whatever its category's usual one (a .pth written is
     a file write, medium, but persistence): the table and the verdict never disagree."""
+    mark_dropped(events)
     walks = _walks(events)
     for event in events:
         if _in_walk(event, walks):
@@ -288,7 +291,7 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
         return MALICIOUS, "credentials read", path
     if category == "process" and name.rpartition("kernel.")[2] in PROCESS_EVENTS:
         program = _program(detail)
-        if program is not None and not is_build_tool(program):
+        if program is not None and not build_tool_started(event):
             argv = str(detail.get("argv") or detail.get("command") or "")[:120]
             return MALICIOUS, "process started", f"{program} {argv}".strip()
         return None
@@ -313,10 +316,34 @@ def is_build_tool(program: str) -> bool:
 
 
 def build_tool_started(event: dict[str, Any]) -> bool:
-    """Whether a process event starts a build tool (see is_build_tool)."""
-    program = _program(event.get("detail") or {}) if event.get("category") == "process" \
-        else None
-    return program is not None and is_build_tool(program)
+    """Whether a process event starts a build tool (see is_build_tool): never a program
+    written during the run (`written_by_run`: a `gcc` put in the venv's bin)."""
+    detail = event.get("detail") or {}
+    program = _program(detail) if event.get("category") == "process" else None
+    return program is not None and is_build_tool(program) and not detail.get("written_by_run")
+
+
+def mark_dropped(events: list[dict[str, Any]],
+                 detains: Callable[[dict[str, Any]], bool] = lambda _event: False) -> None:
+    """Mark `written_by_run` each process event that runs a file a file event of the run
+    wrote, created, renamed or linked, unless detain did (`detains`: its venv's python,
+    its pip installing a build requirement's `cmake`, are not the package dropping one)."""
+    written = set()
+    for event in events:
+        detail = event.get("detail") or {}
+        if event.get("category") != "file-write" or detains(event):
+            continue
+        for value in (detail.get("path"), detail.get("target")):
+            for part in str(value or "").split(" -> "):
+                written.add(MODE_SUFFIX.sub("", part))
+    written.discard("")
+    for event in events:  # judged afresh each time: `detains` may differ
+        detail = event.get("detail") or {}
+        if event.get("category") == "process" and written and (
+                _program(detail) in written or detail.get("target") in written):
+            detail["written_by_run"] = True
+        else:
+            detail.pop("written_by_run", None)
 
 
 def _program(detail: dict[str, Any]) -> str | None:

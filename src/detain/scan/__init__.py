@@ -89,9 +89,11 @@ def scan(path: str | os.PathLike, *, use_bandit: bool = True,
         findings += checks.check_placement(rel)
         if file.suffix == ".pth":
             findings += checks.check_pth(data.decode("utf-8", "replace"), rel)
-        script = checks.is_wheel_script(rel) and data.startswith(b"#!") and b"python" in \
-            data[:128]  # a Python script without .py: pip installs and runs it as one
-        if file.suffix == ".py" or script or (target.is_file() and b"\0" not in data[:1024]):
+        # Python by any name: .pyw, or a `#!…python` script without a suffix (pip installs
+        # a wheel's scripts and runs them as such; a build may run any)
+        script = data.startswith(b"#!") and b"python" in data[:128]
+        if file.suffix in (".py", ".pyw") or script or (
+                target.is_file() and b"\0" not in data[:1024]):
             if len(data) >= MAX_READ:  # Bandit would read all of it: a bomb for the host
                 findings.append(checks.finding(
                     "oversized-source", "medium", "other", "Python source of 2 MiB or more: "

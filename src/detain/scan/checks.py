@@ -66,6 +66,8 @@ def _decode_head(data: bytes) -> bytes:
 SHADOWED = re.compile(r"^(python[0-9.]*|pip[0-9.]*|sh|bash|dash|env|sudo|ls|git|curl|wget|"
                       r"ssh|gcc|cc|make)$")
 STARTUP_FILES = ("sitecustomize.py", "usercustomize.py")
+MAX_LISTED = 2000  # entries of an installed dir looked at
+MAX_RECORD = 4 << 20  # characters of one RECORD read
 
 
 def is_wheel_script(rel: str) -> bool:
@@ -92,6 +94,50 @@ def check_placement(rel: str) -> list[dict[str, Any]]:
                              f"ships {parts[-1]} where it is installed at the top of "
                              "site-packages: Python runs it at every interpreter start", rel))
     return found
+
+
+def check_installed(site: Path) -> list[dict[str, Any]]:
+    """What an install put where Python or a shell runs it without being asked, from any
+    distribution (a dependency's too, which the pre-scan of the package never saw): a
+    sitecustomize/usercustomize at the top of site-packages, a script in its bin dir named
+    like an interpreter or a tool. Each named with the distribution whose RECORD lists it."""
+    owners = _record_owners(site)
+    found = []
+    for rel in sorted([*(n for n in STARTUP_FILES if (site / n).is_file()),
+                       *(f"bin/{n.name}" for n in _listing(site / "bin")
+                         if SHADOWED.match(n.name))]):
+        owner = owners.get(rel, "no distribution's RECORD")
+        placed = "site-packages" if "/" not in rel else "the environment's bin dir"
+        rule, category = ("startup-hook", "persistence") if "/" not in rel else (
+            "shadows-program", "persistence")
+        found.append(finding(rule, "high", category, f"the install put {rel} in {placed} "
+                             f"(from {owner}): it runs "
+                             + ("at every interpreter start" if "/" not in rel else
+                                "in place of that program for everything run there later"),
+                             f"site-packages/{rel}"))
+    return found
+
+
+def _listing(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())[:MAX_LISTED]
+    except OSError:
+        return []
+
+
+def _record_owners(site: Path) -> dict[str, str]:
+    """Installed file -> its distribution's dir name, from every dist-info's RECORD
+    (capped: the RECORDs were written where the package's code ran)."""
+    owners: dict[str, str] = {}
+    for dist_info in (d for d in _listing(site) if d.name.endswith(".dist-info")):
+        try:
+            with open(dist_info / "RECORD", encoding="utf-8", errors="replace") as handle:
+                rows = handle.read(MAX_RECORD).splitlines()
+        except OSError:
+            continue
+        for row in rows:
+            owners.setdefault(row.split(",", 1)[0], dist_info.name[:-len(".dist-info")])
+    return owners
 
 
 def check_binary(path: Path, rel: str, data: bytes) -> list[dict[str, Any]]:
