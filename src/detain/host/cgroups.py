@@ -238,22 +238,51 @@ def _backoff(total: float):
         pause = min(pause * 2, 0.005)
 
 
+REMOVE_SECONDS = 10.0  # a dead run's processes may still be exiting (a gVisor sandbox)
+
+
 @cleaner("cgroup")
 def remove_cgroup(path_text: str) -> None:
+    """Kill what is left in the group, then rmdir it, killing again while it is busy.
+
+    The sweep after a SIGKILLed detain can come while the run's sandbox is still being
+    torn down (its warden's `runsc delete`, a process exiting), or find the run's freezer
+    left FROZEN by a detain killed inside kill_cgroup: a frozen v1 task does not die of
+    SIGKILL until thawed, so every v1 group is killed through the run's freezer too."""
     path = Path(path_text)
     if not path.exists():
         return
-    ver = 2 if (path / "cgroup.controllers").exists() else 1
-    if ver == 1:
-        kill_cgroup(1, {path.parent.parent.name: path})
+    if (path / "cgroup.controllers").exists():
+        ver, dirs = 2, {"unified": path}
     else:
-        kill_cgroup(2, {"unified": path})
-    for pause in _backoff(1.0):
+        ver, dirs = 1, _v1_with_freezer(path)
+    started = time.monotonic()
+    for pause in _backoff(float("inf")):
+        kill_cgroup(ver, dirs)
         try:
             path.rmdir()
             return
         except FileNotFoundError:
             return
-        except OSError:
-            time.sleep(pause)
-    path.rmdir()
+        except OSError as exc:
+            # Processes still leaving: worth the wait; an empty group that stays busy
+            # (a child group nobody recorded) gets the second it always had.
+            left = _read(path / "cgroup.procs").split()
+            if time.monotonic() - started >= (REMOVE_SECONDS if left else 1.0):
+                raise OSError(exc.errno, f"{exc.strerror} (processes still in it: "
+                              f"{' '.join(left[:10]) or 'none'})", str(path)) from None
+        time.sleep(pause)
+
+
+def _v1_with_freezer(path: Path) -> dict[str, Path]:
+    """A v1 group (ROOT/CONTROLLER/RELATIVE) and the same run's freezer group, if any."""
+    controller = path.parent.parent.name
+    dirs = {controller: path}
+    try:
+        relative = path.relative_to(ROOT / controller)
+    except ValueError:
+        return dirs
+    freezer = ROOT / "freezer" / relative
+    if controller != "freezer" and freezer.is_dir():
+        dirs["freezer"] = freezer
+    return dirs

@@ -35,6 +35,10 @@ JOURNAL = "journal"
 STUCK = "stuck-"  # prefix of a run dir that could not be removed, set aside once
 KINDS = ("run-", "zygote-")  # the dirs the sweep looks at
 ORPHAN_SECONDS = 60
+# The journal line a sweeper appends once it holds a dead run's lock: another sweep that
+# finds the lock taken then knows no live detain holds it, only a sweep still at work.
+SWEEPING = "sweeping"
+SWEEP_WAIT = 15.0  # seconds a sweep waits for another sweep of the same dead run
 
 
 def cleaner(kind: str):
@@ -196,7 +200,7 @@ def sweep() -> int:
 
 def _sweep_one(path: Path) -> int:
     try:
-        lock = os.open(path / JOURNAL, os.O_RDWR | os.O_CLOEXEC)
+        lock = os.open(path / JOURNAL, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
     except OSError as exc:
         # No journal: a run that died between mkdtemp and its first write (or whose own
         # cleanup got halfway), or one being born right now in another process; only the
@@ -209,11 +213,45 @@ def _sweep_one(path: Path) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return 0  # its detain is alive
-        _release_dead(path, _read_journal(lock))  # under the lock: no other sweep joins in
+            # Its detain is alive; or it died and another sweep (its warden's, another
+            # start's) is removing it now: waited for, so that what this sweep returns
+            # to is a host where the dead run is gone, not one where it is half gone.
+            if not _being_swept(lock) or not _await_lock(lock, SWEEP_WAIT):
+                return 0
+            if os.fstat(lock).st_nlink == 0:
+                return 0  # that sweep removed it all
+        state = _read_journal(lock)
+        try:
+            os.write(lock, (json.dumps([SWEEPING, os.getpid(), ""]) + "\n").encode())
+        except OSError:
+            pass  # a full state dir: another sweep then just skips it meanwhile
+        _release_dead(path, state)  # under the lock: no other sweep joins in
         return 1
     finally:
         os.close(lock)
+
+
+def _being_swept(fd: int) -> bool:
+    """Whether a sweep holds this journal's lock (its SWEEPING line), not a live detain."""
+    try:
+        text = os.pread(fd, 1 << 20, 0)
+    except OSError:
+        return False
+    return any(line.startswith(b'["%s"' % SWEEPING.encode()) for line in text.splitlines())
+
+
+def _await_lock(fd: int, timeout: float) -> bool:
+    """Take the lock on `fd` within `timeout` seconds (polled: flock has no timeout)."""
+    deadline, pause = time.monotonic() + timeout, 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _release_dead(path: Path, state: dict[str, list]) -> None:

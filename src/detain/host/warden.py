@@ -91,11 +91,27 @@ class Warden:
         return step
 
     def started(self, proc: subprocess.Popen) -> None:
-        """Once the sandbox process exists: the read end is the warden's alone."""
+        """Once the sandbox process exists: the read end is the warden's alone.
+
+        A watching warden gets the sandbox process as a pidfd opened here, while it is
+        certainly detain's unreaped child, never as a pid to open itself: the warden's
+        interpreter may start after the sandbox ended and was reaped, its pid reused,
+        and the kill it sends on the wall clock or detain's death must not reach another
+        process (another run's)."""
         if self.mode == "watch":
-            self._watcher = subprocess.Popen(
-                self._argv(proc.pid), env={}, pass_fds=(self._read,), start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except OSError:  # no pidfd on this kernel: the warden ends the run without it
+                pidfd = -1
+            try:
+                self._watcher = subprocess.Popen(
+                    self._argv(pidfd), env={},
+                    pass_fds=(self._read,) if pidfd < 0 else (self._read, pidfd),
+                    start_new_session=True, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            finally:
+                if pidfd >= 0:
+                    os.close(pidfd)
         os.close(self._read)
         self._read = -1
 

@@ -5,6 +5,8 @@ built into the interpreter); what only some ends need (the engine's stop command
 journal's sweep, re-raising a signal) is imported there.
 
 Arguments: SOURCE_ROOT MODE RUN_DIR CONTROL_FD CHILD GRACE STOP_ENV_JSON [STOP_ARGV...].
+CHILD is the sandbox process: reap mode, the pid of the warden's own child; watch mode, an
+inherited pidfd for detain's child (-1: none), which a pid could not name safely.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ STOP_TIMEOUT = 60
 def main() -> None:
     mode, run_dir, control, child, grace = sys.argv[2:7]
     stop = sys.argv[8:]
-    _detach(int(control))
+    _detach(int(control), int(child) if mode == "watch" else -1)
     state = _Control(int(control), run_dir, float(grace))
     if mode == "reap":
         _Reaper(state, int(child)).run()
@@ -29,11 +31,14 @@ def main() -> None:
         _Watcher(state, int(child), stop, sys.argv[7]).run()
 
 
-def _detach(control: int) -> None:
-    """Keep only the control pipe: the sandbox's pipes and the channel must see EOF when
-    the sandbox ends, not when the warden does."""
-    os.closerange(3, control)
-    os.closerange(control + 1, 0x7FFFFFFF)
+def _detach(control: int, pidfd: int) -> None:
+    """Keep only the control pipe (and the sandbox's pidfd): the sandbox's pipes and the
+    channel must see EOF when the sandbox ends, not when the warden does."""
+    start = 3
+    for keep in sorted(fd for fd in (control, pidfd) if fd >= 3):
+        os.closerange(start, keep)
+        start = keep + 1
+    os.closerange(start, 0x7FFFFFFF)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -148,10 +153,7 @@ class _Watcher:
     def __init__(self, control: _Control, client: int, stop: list[str], stop_env: str) -> None:
         self.control = control
         self.stop, self.stop_env = stop, stop_env
-        try:
-            self.client: int | None = os.pidfd_open(client)
-        except OSError:
-            self.client = None
+        self.client: int | None = client if client >= 0 else None  # a pidfd (main's doc)
 
     def run(self) -> None:
         control = self.control
