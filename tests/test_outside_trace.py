@@ -308,6 +308,10 @@ def test_a_python_without_the_audit_hook_is_marked_however_it_is_named():
     unhooked = {e["detail"]["target"] for e in events if e["detail"].get("unhooked")}
     assert unhooked == {"/tmp/x/gcc", "/scratch/venv/bin/python"}
     assert [e["detail"]["pid"] for e in events if e["detail"].get("unhooked")] == [11, 12]
+    again = parse(trace.replace('{"type":"end"', _syscall(10, "execve", "/usr/bin/python3",
+                                                          argv=["python3", "-S"])
+                                + '{"type":"end"'))[0]
+    assert sorted(e["detail"]["pid"] for e in again if e["detail"].get("unhooked")) == [10, 11, 12]
 
 
 def test_a_python_started_with_minus_s_is_marked_unhooked(traced):

@@ -37,6 +37,7 @@ from .verdict import is_build_tool, telling
 
 MAX_PER_CATEGORY = 2000  # listed; a credential or persistence path is listed past it too
 TARGET_CAP = 300
+PYTHON_NAME = re.compile(r"^python[0-9.]*$")
 NAME_MAX = 15  # a task name's bytes (TASK_COMM_LEN - 1), in Linux and in gVisor
 TRUNCATED = "[detain: trace truncated after "
 RECORD = re.compile(r"\[\s*(\d+):\s*\d+\] ")
@@ -229,7 +230,15 @@ class _Parser:
             self.start = seconds
         said = f"refused: {outcome.group(1)}" if outcome.group(1) is not None else "allowed"
         t = 0.0 if seconds is None or self.start is None else max(0.0, seconds - self.start)
-        self.merged.add(syscall, CATEGORY[syscall], what, said, t, {"pid": pid})
+        python = CATEGORY[syscall] == "process" and said == "allowed" and bool(
+            PYTHON_NAME.match(what.rsplit("/", 1)[-1]))
+        event = self.merged.add(syscall, CATEGORY[syscall], what, said, t, {"pid": pid},
+                                apart=pid if python else None)
+        if python and event is not None and not event["detail"].get("unhooked"):
+            # the launcher (pid 1) is the one Python here with detain's audit hook, and
+            # only until it execs: gVisor's sandboxes give no other process the hook
+            event["detail"]["unhooked"] = True
+            event["summary"] += " — a Python without detain's audit hook"
 
     def flags(self) -> list[str]:
         flags = []

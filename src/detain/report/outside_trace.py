@@ -31,10 +31,9 @@ from ..host.rootfs import GUEST_CHANNEL
 from ..host.tracer import HEADER, INTERPRETER_START
 from ..policy import SCRATCH
 from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS, with_flags
-from .kernel_trace import Merged
+from .kernel_trace import PYTHON_NAME, Merged
 
 O_DIRECTORY, O_CREAT = 0o200000, 0o100
-PYTHON_NAME = re.compile(r"^python[0-9.]*$")
 QUIET_READS = ("/usr/", "/lib", "/bin/", "/sbin/", "/etc/ld.so.", "/etc/localtime",
                "/proc/self/", "/proc/thread-self/", "/dev/null", "/dev/urandom",
                "/dev/random", "/dev/zero", "/detain/", "/sys/devices/system/cpu",
@@ -155,6 +154,7 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
         execs = record.get("syscall") in ("execve", "execveat") and record.get("result") == "ok"
         if first_job is None and execs:
             first_job = pid
+            pythons.hooked.add(pid)  # until it execs something else
             continue  # detain's own exec of the launcher
         if setup_open and execs and ppid == first_job and _is_setup_pip(record.get("argv")):
             setup_open = False
@@ -185,7 +185,7 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
             _fileless(event, record)
         if event is not None and execs:
             pythons.started(pid, event)
-    flags = merged.cap_flags() + pythons.mark(first_job)
+    flags = merged.cap_flags() + pythons.mark()
     if foreign:
         flags.append(f"{SOURCE}: {foreign} line(s) are not tracer records; no event was "
                      "taken from them")
@@ -236,10 +236,10 @@ class _Pythons:
         if pid is not None:
             self.execs[pid] = event
 
-    def mark(self, launcher: int | None) -> list[str]:
+    def mark(self) -> list[str]:
         """Mark each unhooked Python's exec; a flag for one whose exec is not listed."""
         lost = 0
-        for pid in sorted(self.python - self.hooked - {launcher}):
+        for pid in sorted(self.python - self.hooked):
             event = self.execs.get(pid)
             if event is None:
                 lost += 1
