@@ -13,12 +13,9 @@ import re
 import tomllib
 from pathlib import Path
 
+from ..guest.package_phase import canonical  # the guest's, stdlib-only: one rule for both
+
 PYPROJECT_CAP = 1 << 20
-
-
-def canonical(name: str) -> str:
-    """PEP 503's normal form: dist-info dirs, sdists and wheels spell names differently."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def project_name(artifact: Path) -> str | None:
