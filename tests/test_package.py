@@ -275,4 +275,4 @@ def test_build_tools_and_the_package_s_own_settings_are_low(tmp_path):
     assert severity.get(("os.environ.get", 4)) == "low"
     assert severity.get(("os.environ.get", 5)) == "high"
     assert report["verdict"]["reasons"] == [
-        "secret read: environment variable GITHUB_TOKEN (setup.py:5, install)"]
+        "decoy credentials read: environment variable GITHUB_TOKEN (setup.py:5, install)"]

@@ -16,10 +16,15 @@ this module can do is keep the evidence useful and cheap:
   Code made by exec/compile (`<string>`) is attributed to the line that ran it, the
   pseudo-frames kept in `via`; a whole file exec'd by a runner (setuptools runs setup.py
   as `<string>`) is named by the `__file__` it was given;
-* what no audit event shows is made to raise one: credential-looking environment reads
-  (os.environ is replaced by a recording subclass) and the name a socket is about to
-  resolve in connect()/sendto() (CPython resolves it before `socket.connect` is raised,
-  so a failing lookup left no trace);
+* what no audit event shows is made to raise one: environment reads (the one dict behind
+  os.environ, os.environb and posix.environ is replaced by an auditing subclass, see
+  AuditedEnviron; a credential-looking name or a decoy `detain package` planted is
+  reported) and the name a socket is about to resolve in connect()/sendto() (CPython
+  resolves it before `socket.connect` is raised, so a failing lookup left no trace);
+* a code object the job makes under another file's name (CodeType(), code.replace(),
+  compile() or marshal.loads() naming a stdlib, dependency or detain file) is a
+  `code.forged` event, and frames of such code count as the job's from then on:
+  attribution trusts co_filename;
 * a child Python (pip's build of an sdist) runs `install_child` from a .pth file and
   writes its records to a file; the phase that started it relays them through
   `sys.audit("detain.relay", record)`, renumbered into this channel;
@@ -32,6 +37,7 @@ this module can do is keep the evidence useful and cheap:
 
 import atexit
 import itertools
+import marshal
 import os
 import sys
 import time
@@ -64,11 +70,17 @@ WATCH.update(dict.fromkeys(("ctypes.dlopen", "ctypes.dlsym", "ctypes.call_functi
 WATCH.update(dict.fromkeys(("pickle.find_class", "marshal.loads", "marshal.load"),
                            "deserialize"))
 WATCH.update({"compile": "code", "exec": "code", "import": "import",
-              "sys.addaudithook": "hook", "os.environ.get": "env", "os.environ.iter": "env"})
+              "sys.addaudithook": "hook", "os.environ.get": "env", "os.environ.iter": "env",
+              # raised by CodeType() and code.replace(); reported as `code.forged`, only
+              # when the job's own frame names another file (see Auditor.forgery)
+              "code.__new__": "code", "code.forged": "code"})
 DIRECT = frozenset(("code", "import", "deserialize"))
 # Not reported themselves: the first socket object is when connect/sendto get wrapped; a
-# relay carries a child process's record.
-SETUP = ("socket.__new__", "detain.relay", "detain.guest", "detain.dependencies")
+# relay carries a child process's record; `detain.decoys` names the planted variables.
+SETUP = ("socket.__new__", "detain.relay", "detain.guest", "detain.dependencies",
+         "detain.decoys")
+FORGED_CAP = 64  # file names remembered as forged; past it, a forgery is still reported
+DECOYS_CAP = 64  # decoy variable names taken from a claim
 WATCH.update(dict.fromkeys(SETUP, "setup"))
 VIA_CAP = 8
 STACK_CAP = 300  # frames looked through for an exec'd file's module frame
@@ -81,6 +93,10 @@ SECRET_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "GITHUB_", "GH_", "GITLA
                    "CI_JOB_", "ACTIONS_")
 
 STDLIB, GUEST, JOB, DEPENDENCY, PSEUDO = 0, 1, 2, 3, 4
+FORGING = ("code.__new__", "compile")  # events whose args[1] names the code's file
+FORGED_BY = {"code.__new__": "CodeType/replace", "compile": "compile",
+             "marshal.loads": "marshal"}
+MARSHAL_CAP = 1 << 20  # bytes a job unmarshals that are looked through for code objects
 UNDER_TEST = (JOB, PSEUDO)
 # os.getenv and Mapping.get: frozen in the interpreter, or source files where not
 ENVIRON_HELPERS = ("<frozen os>", "<frozen _collections_abc>", os.sep + "os.py",
@@ -183,6 +199,91 @@ class Auditor:
         self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
         self.stream = None  # a forked process's label (after_fork); None: the launcher's
         self.forking = None
+        # names of the variables `detain package` planted as decoys (package_phase.py
+        # claims them before any package code runs; a child's come from its boot file)
+        self.decoys = None
+        self.variables = {}  # environment variable name -> watched()
+        # forged file name -> (the forger's file as reported, the forging line when the
+        # code's own lines are not the forger's (compile, marshal) else None, the code names
+        # made under it, or None: any, for compile()'s module code and what it defines)
+        self.forged = {}
+
+    def watched(self, name):
+        """Whether reading environment variable `name` is worth a record (cached: every
+        read of any variable asks)."""
+        if not isinstance(name, str):
+            return False
+        known = self.variables.get(name)
+        if known is None:
+            known = secret_looking(name) or (self.decoys is not None and name in self.decoys)
+            if len(self.variables) < CACHE_CAP and len(name) <= TEXT_CAP:
+                self.variables[name] = known
+        return known
+
+    def claim_decoys(self, names):
+        """The decoy variables' names; only the first claim counts (a job cannot unwatch)."""
+        if self.decoys is None and isinstance(names, (list, tuple, frozenset)):
+            self.decoys = frozenset(str(n) for n in list(names)[:DECOYS_CAP])
+            self.variables = {}
+
+    def kind_of(self, code):
+        """classify() for a running code object: code made under a forged name (that name
+        and code name) is PSEUDO, the job's, whatever file it claims to be."""
+        if self.forged:
+            forged = self.forged.get(code.co_filename)
+            if forged is not None and (forged[2] is None or code.co_name in forged[2]):
+                return PSEUDO
+        return self.classify(code.co_filename)
+
+    def frozen(self, code, prefix="<frozen "):
+        """Whether code is the interpreter's frozen code (importlib's, os'), not forged."""
+        return code.co_filename.startswith(prefix) and self.kind_of(code) != PSEUDO
+
+    def foreign(self, filename):
+        """Whether code named `filename` would be taken for something other than the code
+        under test (the stdlib, frozen importlib, a dependency, detain's own guest code)."""
+        if isinstance(filename, bytes):
+            filename = filename.decode("utf-8", "surrogateescape")
+        return isinstance(filename, str) and self.classify(filename) not in UNDER_TEST
+
+    def unmarshalled(self, data, where):
+        """Code objects the job's marshal.loads() is about to make (no code.__new__ is
+        raised for them): loaded once more here, size-capped, for the files they name.
+        The hook's own load raises `marshal.loads` from this (guest) frame: not the job's."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) > MARSHAL_CAP:
+            return
+        try:
+            loaded = marshal.loads(data)  # noqa: S302 (what the job is about to load anyway)
+        except Exception:
+            return
+        if isinstance(loaded, type(self.unmarshalled.__code__)):
+            for code in nested_codes(loaded, {}):
+                if self.foreign(code.co_filename):
+                    self.forgery("marshal.loads", code.co_filename, code.co_name, where)
+
+    def forgery(self, event, filename, name, where):
+        """Report and remember a code object the code under test made under another
+        file's name (`name`: the code's, None for compile()'s module code and all it
+        defines): its frames are attributed to the job from now on (their lines are the
+        forger's own when made by code.replace(), so the forger's file names them)."""
+        if isinstance(filename, bytes):
+            filename = filename.decode("utf-8", "surrogateescape")
+        name = name if isinstance(name, str) else None
+        known = self.forged.get(filename)
+        if known is not None and (known[2] is None or name in known[2]):
+            return
+        if known is None:
+            if len(self.forged) < FORGED_CAP:
+                line = None if event == "code.__new__" else where[1]
+                self.forged[filename] = (where[0], line, None if name is None else {name})
+        elif name is not None and len(known[2]) < FORGED_CAP:
+            known[2].add(name)
+        else:  # compile()'s module code and all it defines, or past the cap: any name
+            self.forged[filename] = (known[0], known[1], None)
+        if self.admit("code.forged"):
+            self.emit("code.forged", "code", where,
+                      {"filename": clip(filename), "name": clip(name) if name else None,
+                       "by": FORGED_BY[event]})
 
     def classify(self, filename):
         """STDLIB, GUEST, JOB, DEPENDENCY or PSEUDO (`<string>`: made by exec/compile) for
@@ -226,11 +327,11 @@ class Auditor:
         except ValueError:  # raised from C with no Python caller (interpreter start-up)
             return None
         if direct:
-            if event != "import" and frame.f_code.co_filename.startswith("<frozen importlib"):
+            if event != "import" and self.frozen(frame.f_code, "<frozen importlib"):
                 return None
-            while frame is not None and frame.f_code.co_filename.startswith("<frozen "):
+            while frame is not None and self.frozen(frame.f_code):
                 frame = frame.f_back
-            if frame is None or self.classify(frame.f_code.co_filename) not in UNDER_TEST:
+            if frame is None or self.kind_of(frame.f_code) not in UNDER_TEST:
                 return None
             return self.resolve(frame, None)
         if event.startswith("os.environ."):
@@ -238,14 +339,14 @@ class Auditor:
         through = outermost = None
         while frame is not None:
             filename = frame.f_code.co_filename
-            if filename.startswith("<frozen importlib"):
+            if self.frozen(frame.f_code, "<frozen importlib"):
                 if through is None:
                     return None
                 # a dependency's own work while it is imported: the code under test that
                 # imported it is where it came from
                 frame = frame.f_back
                 continue
-            kind = self.classify(filename)
+            kind = self.kind_of(frame.f_code)
             if kind in UNDER_TEST:
                 return self.resolve(frame, through)
             if kind == DEPENDENCY:
@@ -268,10 +369,11 @@ class Auditor:
         """An environment read is the job's only when its own code asked (os.environ[...],
         .get, os.getenv, iterating it); the stdlib reading proxies or locales on its
         behalf, or a dependency reading its settings, is not."""
-        while frame is not None and (self.classify(frame.f_code.co_filename) == GUEST or
-                                     frame.f_code.co_filename.endswith(ENVIRON_HELPERS)):
+        while frame is not None and self.kind_of(frame.f_code) != PSEUDO and (
+                self.classify(frame.f_code.co_filename) == GUEST
+                or frame.f_code.co_filename.endswith(ENVIRON_HELPERS)):
             frame = frame.f_back
-        if frame is None or self.classify(frame.f_code.co_filename) not in UNDER_TEST:
+        if frame is None or self.kind_of(frame.f_code) not in UNDER_TEST:
             return None
         return self.resolve(frame, None)
 
@@ -285,15 +387,15 @@ class Auditor:
         code under test's: the innermost frame of that file's own code (its functions are
         constants of the exec'd module) gives the line; code it exec'd in turn is `via`."""
         chain = []
-        while self.classify(frame.f_code.co_filename) == PSEUDO:
+        while self.kind_of(frame.f_code) == PSEUDO:
             chain.append(frame)
             outer = frame.f_back
-            if outer is None or self.classify(outer.f_code.co_filename) not in UNDER_TEST:
+            if outer is None or self.kind_of(outer.f_code) not in UNDER_TEST:
                 break
             frame = outer
         if chain and frame is chain[-1]:  # exec'd by something outside the code under test
             outer = frame.f_back
-            if outer is not None and self.classify(outer.f_code.co_filename) == GUEST:
+            if outer is not None and self.kind_of(outer.f_code) == GUEST:
                 # the launcher ran it: the job's own `-c` code, which exec'd the rest
                 return (clip(frame.f_code.co_filename), frame.f_lineno or 0,
                         pseudo_names(chain[:-1]), through)
@@ -304,8 +406,11 @@ class Auditor:
                 if inner.f_code in own:
                     return (self.display(named), inner.f_lineno or 0,
                             pseudo_names(chain[:index]), through)
-            return (clip(chain[0].f_code.co_filename), chain[0].f_lineno or 0,
-                    pseudo_names(chain[1:]), through)
+            forged = self.forged.get(chain[0].f_code.co_filename)
+            if forged is not None and forged[1] is not None:  # the line that forged it
+                return (forged[0], forged[1], pseudo_names(chain), through)
+            return (forged[0] if forged else clip(chain[0].f_code.co_filename),
+                    chain[0].f_lineno or 0, pseudo_names(chain[1:]), through)
         return (self.display(frame.f_code.co_filename), frame.f_lineno or 0,
                 pseudo_names(chain), through)
 
@@ -334,6 +439,14 @@ class Auditor:
             where = self.locate(event, category in DIRECT)
             if where is None or (where[3] and category == "file" and self.churn(args)):
                 return
+            if event in FORGING:
+                if self.foreign(args[1]):
+                    self.forgery(event, args[1], args[2] if event == "code.__new__" else None,
+                                 where)
+                if event == "code.__new__":
+                    return
+            elif event == "marshal.loads":
+                self.unmarshalled(args[0], where)
             if self.admit(event):
                 self.emit(event, category, where, summarise(event, args))
         except Exception as exc:
@@ -371,6 +484,8 @@ class Auditor:
         elif event == "detain.dependencies" and self.dependencies is None and args and \
                 isinstance(args[0], dict):
             self.dependencies = {str(k): clip(v) for k, v in args[0].items()}
+        elif event == "detain.decoys" and args:
+            self.claim_decoys(args[0])
 
     def relay(self, record):
         """A child process's record (written by its own hook), renumbered into this
@@ -400,10 +515,14 @@ class Auditor:
     def routine(self, event, args):
         """Cheap early exits, before any frame is looked at: running stdlib module code and
         reading stdlib files are what every import does, never what a report is about."""
+        if event == "os.environ.get":
+            return not self.watched(args[0])
         if event == "exec":
-            return self.classify(getattr(args[0], "co_filename", "")) == STDLIB
+            return hasattr(args[0], "co_filename") and self.kind_of(args[0]) == STDLIB
         if event == "open" and len(args) > 1 and args[1] == "r":
             return isinstance(args[0], str) and self.classify(args[0]) == STDLIB
+        if event == "code.__new__":  # legit code (types.coroutine) keeps its own name
+            return not self.foreign(args[1])
         return False
 
     def emit(self, event, category, where, summary, mono=None, pid=None):
@@ -581,28 +700,66 @@ def wrap_sockets():
     wrap("sendto", lambda args: args[-1] if len(args) in (2, 3) else None)
 
 
-class RecordingEnviron(os._Environ):
-    """os.environ as before (same data, same putenv), but reading a credential-looking
-    name or walking the whole environment raises an audit event naming the variable,
-    never its value. os.getenv goes through it too."""
+ENCODING = sys.getfilesystemencoding()  # os.environ's own, for the names it encodes
 
-    def __getitem__(self, key):
-        if secret_looking(key):
-            sys.audit("os.environ.get", key)
-        return super().__getitem__(key)
 
-    def __iter__(self):
-        sys.audit("os.environ.iter", len(self._data))
-        return super().__iter__()
+def variable_name(key):
+    return key.decode(ENCODING, "surrogateescape") if isinstance(key, bytes) else key
+
+
+class AuditedEnviron(dict):
+    """The environment's raw data (the one dict behind os.environ, os.environb and
+    posix.environ): reading a variable raises `os.environ.get` with its name, never its
+    value (the hook keeps credential-looking and decoy names), and anything that hands
+    out the whole environment raises `os.environ.iter`. os.environ, os.getenv, os.environb
+    and os.getenvb read through it, as does code that reaches for the dict itself.
+
+    What a dict subclass cannot see (CPython 3.11), so neither can this: the base class's
+    own methods called on it (`dict.items(posix.environ)`, `dict.__getitem__(d, k)`,
+    `dict.copy(d)`), C code reading the dict directly (`==`, gc.get_referents), membership
+    tests (`in` says a variable exists, not what it holds), the C environment itself
+    (ctypes' getenv, a native event; /proc/self/environ, a file read). dict(d), {**d},
+    {}.update(d), json.dumps(d), copy and pickle all go through keys()/items() here."""
+
+
+def reading(method):
+    """`method` of dict, raising `os.environ.get` with the variable's name first."""
+    def read(self, key, *args):
+        sys.audit("os.environ.get", variable_name(key))
+        return method(self, key, *args)
+    read.__name__ = read.__qualname__ = method.__name__
+    return read
+
+
+def walking(method):
+    """`method` of dict, raising `os.environ.iter` (how many variables) first."""
+    def walk(self, *args):
+        sys.audit("os.environ.iter", len(self))
+        return method(self, *args)
+    walk.__name__ = walk.__qualname__ = method.__name__
+    return walk
+
+
+for _name in ("__getitem__", "get", "pop", "setdefault"):
+    setattr(AuditedEnviron, _name, reading(getattr(dict, _name)))
+for _name in ("__iter__", "__reversed__", "keys", "values", "items", "copy", "popitem",
+              "__or__", "__ror__", "__repr__"):
+    setattr(AuditedEnviron, _name, walking(getattr(dict, _name)))
 
 
 def record_environ():
-    current = os.environ
-    if type(current) is not os._Environ:
+    """Put AuditedEnviron in place of the environment's dict, wherever it is held: the
+    same data, written through as before (os.environ's putenv), only reads recorded."""
+    data = os.environ._data
+    if type(data) is not dict:
         return
-    recording = RecordingEnviron.__new__(RecordingEnviron)
-    recording.__dict__.update(current.__dict__)
-    os.environ = recording  # noqa: B003 (the same data, recorded; nothing is cleared)
+    audited = AuditedEnviron(data)
+    os.environ._data = audited
+    if getattr(os, "environb", None) is not None and os.environb._data is data:
+        os.environb._data = audited
+    native = sys.modules.get(os.name)  # posix: os.environ's source at start-up
+    if getattr(native, "environ", None) is data:
+        native.environ = audited
 
 
 def start(auditor):
@@ -626,10 +783,12 @@ def install(fd, to_json, kind, target):
     return start(auditor)
 
 
-def install_child(log_dir, roots, quiet=()):
+def install_child(log_dir, roots, quiet=(), decoys=()):
     """Audit a child Python (pip, its build backend, setup.py) into LOG_DIR/PID.jsonl, for
-    the parent phase to relay; only code under `roots` (path prefixes) is the package's, and
-    a dependency's file work under `quiet` (prefixes) is the build's own."""
+    the parent phase to relay; only code under `roots` (path prefixes) is the package's, a
+    dependency's file work under `quiet` (prefixes) is the build's own, and `decoys` are the
+    planted variables (written into its boot file: no environment the package passes on
+    can drop them)."""
     import json
 
     try:
@@ -637,4 +796,6 @@ def install_child(log_dir, roots, quiet=()):
                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
-    return start(Auditor(fd, json.dumps, os.getcwd(), roots, quiet))
+    auditor = Auditor(fd, json.dumps, os.getcwd(), roots, quiet)
+    auditor.claim_decoys(tuple(decoys))
+    return start(auditor)

@@ -77,7 +77,7 @@ def _detain_child_audit():
     spec = external.spec_from_file_location("detain_guest_audit", %r)
     module = sys.modules["_frozen_importlib"].module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.install_child(%r, %r, %r)
+    module.install_child(%r, %r, %r, %r)
 _detain_child_audit()
 """
 # pip reads ~/.netrc for index credentials: pointed elsewhere, it leaves the decoy one
@@ -87,6 +87,10 @@ CHILD_NAMES = ("detain_child_audit.py", "detain-child-audit.pth")  # what audit_
 CHILD_LOG_DIR = "audit-children"  # in the phase's scratch (working) dir
 CHILD_LOG_CAP = 4 << 20  # bytes relayed from all child processes together
 CHILD_FILES = 200
+# The names of the decoy variables detain package planted (comma-separated; package/decoys.py
+# sets it): taken out of the environment before any package code runs, and handed to the
+# hook here and to every child's through its boot file, so each watches them by name.
+DECOYS_VARIABLE = "DETAIN_DECOYS"
 
 
 def guest_path(name):
@@ -105,10 +109,12 @@ def guest_helper(name):
     return module
 
 
-def audit_children(prefix, work, tmp):
+def audit_children(prefix, work, tmp, decoys=()):
     """Make every Python of the venv at `prefix` start the child audit hook; returns the
     dir its per-process logs go to. The package's code is what pip builds from: its
-    unpacked sdist (pip-req-build-*, pip-install-* for dependencies) or the copied tree."""
+    unpacked sdist (pip-req-build-*, pip-install-* for dependencies) or the copied tree.
+    `decoys` (the planted variables' names) are written into the boot file itself: a
+    child the package starts with an environment of its own still watches them."""
     import glob
 
     log_dir = os.path.join(work, CHILD_LOG_DIR)
@@ -118,7 +124,8 @@ def audit_children(prefix, work, tmp):
     for site_dir in glob.glob(os.path.join(prefix, "lib", "python*", "site-packages")):
         with open(os.path.join(site_dir, CHILD_NAMES[0]), "w") as handle:
             handle.write(CHILD_BOOT % (PIP_NETRC, guest_path("audit"), log_dir, roots,
-                                       [tmp + os.sep, os.path.join(work, "src") + os.sep]))
+                                       [tmp + os.sep, os.path.join(work, "src") + os.sep],
+                                       list(decoys)))
         with open(os.path.join(site_dir, CHILD_NAMES[1]), "w") as handle:
             handle.write("import detain_child_audit\n")
     return log_dir
@@ -151,7 +158,7 @@ def _record(line):
         return None
 
 
-def install(target_dir, artifact, pip_options):
+def install(target_dir, artifact, pip_options, decoys=()):
     import venv
 
     work = os.getcwd()
@@ -166,7 +173,7 @@ def install(target_dir, artifact, pip_options):
         return {"ok": False, "error": "this interpreter ships no pip wheel (ensurepip)"}
     tmp = os.path.join(work, "tmp")
     os.makedirs(tmp, exist_ok=True)
-    log_dir = audit_children(prefix, work, tmp)
+    log_dir = audit_children(prefix, work, tmp, decoys)
     argv = [os.path.join(prefix, "bin", "python"), "-I", os.path.join(wheel, "pip"),
             "install", "--isolated", "--target", target_dir, "--no-cache-dir",
             "--disable-pip-version-check", "--no-input", "--no-warn-script-location",
@@ -317,17 +324,27 @@ def exercise(modules, seconds):
     return calls
 
 
+def claim_decoys():
+    """Tell this process's hook the decoy variables' names (the first claim is the only one
+    it takes) and take them out of the environment, where the package's code would learn
+    which variables are bait; returns them for the install phase's children."""
+    names = tuple(n for n in os.environ.pop(DECOYS_VARIABLE, "").split(",") if n)
+    sys.audit("detain.decoys", names)
+    return names
+
+
 def main():
     # This script is detain's, like the launcher: what it does itself (the venv, pip, the
     # dirs it reads) is not the package's. Claimed before any package code runs.
     sys.audit("detain.guest", __file__)  # as its code objects name it
+    decoys = claim_decoys()
     # Under the strict profile (-W error) a package's DeprecationWarning would read as a
     # failed import; warnings are shown, not raised, for the package's code.
     warnings.resetwarnings()
     warnings.simplefilter("default")
     phase, first, *rest = sys.argv[1:]
     if phase == "install":
-        outcome = install(first, rest[0], rest[1:])
+        outcome = install(first, rest[0], rest[1:], decoys)
     else:
         seconds = float(rest[0])
         own = None

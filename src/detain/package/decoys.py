@@ -21,7 +21,8 @@ import binascii
 import json
 import secrets
 import string
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ APPDATA, LOCALAPPDATA = "AppData/Roaming", "AppData/Local"
 GENERIC_DIRS = (".config", "AppData", APPDATA, LOCALAPPDATA)  # listing them is not a read
 ALPHABET = string.ascii_letters + string.digits
 SCAN_CAP = 64 << 10  # characters of one event searched for the marker
+# How the phase script learns the decoy variables' names (guest/package_phase.py's
+# DECOYS_VARIABLE): it takes them out of the environment before the package's code runs.
+DECOYS_VARIABLE = "DETAIN_DECOYS"
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,24 @@ class Decoys:
         return Mount(self.home, HOME)
 
     def environment(self) -> dict[str, str]:
-        """The phase's environment additions: HOME and the decoy variables."""
-        return {"HOME": HOME, **self.env}
+        """The phase's environment additions: HOME, the decoy variables, and which of them
+        the in-process hook must watch whatever they are called (DATABASE_URL looks like
+        no credential by its name)."""
+        return {"HOME": HOME, **self.env, DECOYS_VARIABLE: ",".join(self.secret_names())}
+
+    def secret_names(self) -> list[str]:
+        """The variables that are bait: those carrying the marker (APPDATA is a path,
+        AWS_DEFAULT_REGION a region: libraries read them for good reasons)."""
+        return sorted(name for name, value in self.env.items() if self.marker in value)
+
+    def is_secret(self, name: str) -> bool:
+        """Whether an environment variable read by this name read planted bait."""
+        return name in self.env and self.marker in self.env[name]
+
+    def without(self, names: Iterable[str]) -> Decoys:
+        """These decoys with no variable of `names` (the user's own --env wins over one)."""
+        drop = set(names)
+        return replace(self, env={k: v for k, v in self.env.items() if k not in drop})
 
     def describe(self) -> dict[str, Any]:
         """What the report says was planted (the marker too: grep any log for it)."""

@@ -131,11 +131,13 @@ def own_setting(project: str | None) -> str | None:
 
 
 def mark_decoy(event: dict[str, Any], decoys: Decoys) -> None:
-    """Tag an event that touched a planted decoy (`decoy: read`) or carried its marker
-    (`decoy: sent`): high, whatever its category's usual severity."""
+    """Tag an event that touched a planted decoy, a file or a variable (`decoy: read`), or
+    carried its marker (`decoy: sent`): high, whatever its category's usual severity."""
     detail = event.get("detail") or {}
     path = str(detail.get("path") or detail.get("target") or "")
     if event.get("category") in ("file-read", "file-write", "fd") and decoys.is_decoy(path):
+        event.update(decoy="read", severity="high")
+    elif event.get("category") == "env" and decoys.is_secret(str(detail.get("name") or "")):
         event.update(decoy="read", severity="high")
     elif event.get("category") in ("network", "process") and decoys.carried_by(event):
         event.update(decoy="sent", severity="high")
@@ -240,7 +242,7 @@ def vet(spec: str, policy: Policy, *, exercise: bool = False, seconds: float = 1
                    "seconds": round(time.monotonic() - started, 3)}
         say(f"scan {artifact.name} (static, nothing runs)")
         static = scan(unpack(artifact, work / "unpacked"))
-        decoys = plant(work / "decoys")
+        decoys = plant(work / "decoys").without(policy.env)
         policy = with_decoys(policy, decoys)
         say(f"install (sandboxed; network: the package index only{rest}; decoy credentials "
             f"in {DECOY_HOME})")

@@ -42,7 +42,7 @@ KNOWN_EVENTS = {
     "os.forkpty", "os.kill", "os.killpg", "pty.spawn", "os.startfile", "ctypes.dlopen",
     "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata", "ctypes.string_at",
     "pickle.find_class", "marshal.loads", "marshal.load", "compile", "exec", "import",
-    "sys.addaudithook", "os.environ.get", "os.environ.iter",
+    "sys.addaudithook", "os.environ.get", "os.environ.iter", "code.forged",
 }
 VIA_CAP = 8
 SENSITIVE = ("/.ssh/", "/.ssh", ".aws/credentials", "/.netrc", "/etc/shadow", "/.gnupg",
@@ -98,7 +98,7 @@ def summary_of(event: str, detail: dict[str, Any]) -> str:
     if event == "open" and _int(detail.get("path")) is not None:
         return f"fd {detail['path']} (an open descriptor such as a pipe, not a path)"
     for key in ("path", "address", "url", "command", "executable", "library", "module",
-                "host", "global", "code", "source", "name"):
+                "host", "global", "code", "source", "filename", "name"):
         value = detail.get(key)
         if value not in (None, ""):
             if key == "host" and detail.get("port") not in (None, "None"):
@@ -135,6 +135,8 @@ def severity_of(category: str, detail: dict[str, Any], event: str = "") -> str:
         return "high"
     if category == "env" and "name" not in detail:  # the whole environment walked
         return "medium"
+    if event == "code.forged":  # code made under a stdlib or dependency file's name
+        return "high"
     return SEVERITY.get(category, "low")
 
 

@@ -15,6 +15,8 @@ any source alike: the in-process audit hook, the host's proxy, a tracer outside 
   Python are what builds run);
 * persistence: writes to shell start-up files, cron, systemd user units, autostart,
   sitecustomize/usercustomize or a .pth file where Python runs it (a site dir).
+* code forged: a code object the code under test made under a stdlib, dependency or
+  detain file's name (`code.forged`), whose only use is to pass for that code.
 
 *Suspicious* is weaker behaviour with benign uses: loading a native library with ctypes,
 adding an audit hook, listening on a socket, a tampered audit channel or any record that is
@@ -274,9 +276,13 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
     detail = event.get("detail") or {}
     path = str(detail.get("path") or detail.get("target") or "")  # hook's, tracer's
     if event.get("decoy") == "read":
-        return MALICIOUS, "decoy credentials read", path
+        return MALICIOUS, "decoy credentials read", path or f"environment variable " \
+                                                          f"{detail.get('name')}"
     if event.get("decoy") == "sent":
         return MALICIOUS, "decoy credentials sent", str(event.get("summary") or name)[:160]
+    if name == "code.forged":
+        return MALICIOUS, "code forged", f"code object made under the name " \
+                                         f"{detail.get('filename')}"
     if category == "env":
         if "name" in detail and event.get("severity") == "high":  # a credential's name
             return MALICIOUS, "secret read", f"environment variable {detail['name']}"

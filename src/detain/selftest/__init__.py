@@ -14,6 +14,7 @@ from ..errors import DetainError
 from . import (
     probes_config,
     probes_fs,
+    probes_hook,
     probes_net,
     probes_output,
     probes_priv,
@@ -28,8 +29,8 @@ from .runner import OnVerdict, Target, TargetReport, run_target
 
 __all__ = ["GROUPS", "PROBES", "Probe", "Target", "TargetReport", "Verdict", "resolve",
            "run_battery"]
-assert (probes_config and probes_fs and probes_net and probes_output and probes_priv
-        and probes_proc and probes_py and probes_res and probes_tree)
+assert (probes_config and probes_fs and probes_hook and probes_net and probes_output
+        and probes_priv and probes_proc and probes_py and probes_res and probes_tree)
 
 
 def resolve(names: Iterable[str] | None = None) -> tuple[list[Target], dict[str, str]]:
