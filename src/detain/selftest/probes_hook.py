@@ -58,8 +58,11 @@ def hook_code_forgery(bait: Bait) -> Attack:
         open(TARGET, "w").close()
     deed.__code__ = deed.__code__.replace(co_filename=json.__file__)
     worker = threading.Thread(target=deed)
-    worker.start()
-    worker.join()
+    try:
+        worker.start()
+        worker.join()
+    except RuntimeError:  # no thread allowed here (gVisor's task limit): run it plainly
+        deed()
     print({RAN!r})
     """
 
