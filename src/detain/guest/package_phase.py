@@ -180,8 +180,11 @@ def install(target_dir, artifact, pip_options, decoys=()):
             "--progress-bar", "off", *pip_options, artifact]
     # The phase's own environment (PATH, proxies, and the HOME of decoy credentials and
     # the decoy variables detain package sets): setup.py must find what a developer has.
+    # The venv's bin first on PATH, as in an activated venv: a build that runs `python3`
+    # runs the venv's, which carries the child audit hook.
     env = {"PATH": "/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", **os.environ,
            "TMPDIR": tmp, "NETRC": PIP_NETRC}
+    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env["PATH"]
     done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=False)
     relay_children(log_dir)
     installed = sorted(n[:-len(".dist-info")] for n in os.listdir(target_dir)

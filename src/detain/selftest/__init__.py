@@ -21,6 +21,7 @@ from . import (
     probes_proc,
     probes_py,
     probes_res,
+    probes_trace,
     probes_tree,
 )
 from .bait import Session
@@ -30,7 +31,8 @@ from .runner import OnVerdict, Target, TargetReport, run_target
 __all__ = ["GROUPS", "PROBES", "Probe", "Target", "TargetReport", "Verdict", "resolve",
            "run_battery"]
 assert (probes_config and probes_fs and probes_hook and probes_net and probes_output
-        and probes_priv and probes_proc and probes_py and probes_res and probes_tree)
+        and probes_priv and probes_proc and probes_py and probes_res and probes_trace
+        and probes_tree)
 
 
 def resolve(names: Iterable[str] | None = None) -> tuple[list[Target], dict[str, str]]:
