@@ -1,6 +1,7 @@
-"""Races around a run whose detain died, made deterministic: two sweeps of the same dead
-run, a dead run's cgroup left frozen, and a warden that starts after its sandbox's pid
-was reused."""
+"""Races around a run whose detain died, or beside other runs, made deterministic: two
+sweeps of the same dead run, a dead run's cgroup left frozen, a warden that starts after
+its sandbox's pid was reused, a run's kill after its sandbox process was reaped, and two
+runs drawing the same fresh uid."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import ROOT
-from detain.host import cgroups, rundir
+from detain.backends.base import Backend
+from detain.host import cgroups, privileges, rundir
 from detain.host.warden import Warden
 
 SLOW = "test-slow-resource"
@@ -75,10 +78,11 @@ def test_a_dead_runs_frozen_cgroup_is_killed_and_removed(state_dir):
 
 def _process_with_pid(pid: int) -> subprocess.Popen | None:
     """A new `sleep` that gets `pid`, reused through ns_last_pid (root), or None when
-    another process on the host took it first."""
+    another process on the host took it first. In a session of its own, as a sandbox
+    process is: its group's id is that pid too."""
     for _ in range(20):
         Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
-        victim = subprocess.Popen(["sleep", "60"])
+        victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
         if victim.pid == pid:
             return victim
         victim.kill()
@@ -116,3 +120,41 @@ def test_a_late_warden_never_kills_the_process_that_reused_its_sandbox_pid(state
             os.kill(warden._watcher.pid, signal.SIGCONT)
         warden.done()
         run.close()
+
+
+class _SameDraws:
+    """A random source that draws the same number until told otherwise."""
+
+    def __init__(self, *draws: int) -> None:
+        self.draws = list(draws)
+
+    def randrange(self, span: int) -> int:
+        return self.draws.pop(0)
+
+
+def test_runs_of_one_process_never_share_a_fresh_uid(monkeypatch):
+    """Two runs with one uid: either's cleanup (kill -9 -1 as that uid) SIGKILLs the
+    other's job, which then ends with no limit, no timeout and no output."""
+    monkeypatch.setattr(privileges, "_SYSTEM_RANDOM", _SameDraws(5, 5, 5, 7))
+    first, second = privileges.fresh_uid(), privileges.fresh_uid()
+    assert first == privileges.UID_BASE + 5
+    assert second == privileges.UID_BASE + 7
+
+
+@pytest.mark.skipif(not ROOT, reason="reusing a pid on purpose needs root (ns_last_pid)")
+def test_a_runs_kill_after_the_reap_never_reaches_the_group_that_reused_the_pid():
+    """supervise kills the run again once its sandbox process was reaped (what escaped
+    it): the process group by that pid is no longer the run's to kill."""
+    sandbox = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    sandbox.kill()
+    sandbox.wait()
+    victim = _process_with_pid(sandbox.pid)
+    if victim is None:
+        pytest.skip("another process took the pid first")
+    try:
+        Backend.kill(None, SimpleNamespace(cgroup=None, uid=None), sandbox)
+        time.sleep(0.1)
+        assert victim.poll() is None, "the run's kill reached the group that reused its pid"
+    finally:
+        victim.kill()
+        victim.wait()

@@ -28,6 +28,7 @@ from ..host.supervise import (
     await_ready,
     cpu_counted_inside,
     discard,
+    kill_group,
     spawn,
     supervise,
 )
@@ -204,10 +205,7 @@ class Backend:
         A cgroup holds every process of the run (none can leave it), so the slower uid
         sweep is needed only without one; cleanup runs it once more regardless.
         """
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(proc)
         if ctx.cgroup is not None:
             ctx.cgroup.kill()
         elif ctx.uid is not None:

@@ -16,12 +16,14 @@ QEMU, the interpreter) is staged the same way when that uid cannot reach it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import re
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,11 +50,27 @@ def is_root() -> bool:
 
 def fresh_uid() -> int:
     """A random uid of the run's own (os.urandom, as secrets.randbelow draws it; secrets
-    itself would import hashlib's OpenSSL half on every run)."""
-    return UID_BASE + _SYSTEM_RANDOM.randrange(UID_SPAN)
+    itself would import hashlib's OpenSSL half on every run), never one this process
+    handed out among its last RECENT_UIDS: two runs that share a uid kill each other's
+    processes (cleanup's kill(-1) as that uid), and 32 runs at once would draw a common
+    uid from the range once in about 2,000 times."""
+    with _UIDS_LOCK:
+        while True:
+            uid = UID_BASE + _SYSTEM_RANDOM.randrange(UID_SPAN)
+            if uid not in _RECENT_SET:
+                break
+        if len(_RECENT) == RECENT_UIDS:
+            _RECENT_SET.discard(_RECENT.popleft())
+        _RECENT.append(uid)
+        _RECENT_SET.add(uid)
+    return uid
 
 
 _SYSTEM_RANDOM = SystemRandom()
+RECENT_UIDS = 4096  # far more than the runs one process has alive at once
+_RECENT: collections.deque[int] = collections.deque()
+_RECENT_SET: set[int] = set()
+_UIDS_LOCK = threading.Lock()
 
 
 def reachable_by_others(path: Path) -> bool:

@@ -111,13 +111,24 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: str | None = None,
         try:
             warden.started(proc)
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc)
             proc.wait()
             warden.done()
             raise
     while close_after_start:
         os.close(close_after_start.pop())
     return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the sandbox process's group (it was started in a session of its own), only
+    while the process is unreaped: a reaped pid may be another process's group by now."""
+    if proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _release_warden(proc: subprocess.Popen) -> None:
@@ -170,6 +181,9 @@ def supervise(proc: subprocess.Popen, *, timeout: float, stdout: Capture, stderr
             stop = remaining <= 0
             for key, _ in () if stop else sel.select(remaining):
                 if key.data is None:
+                    # Its process group first, while the unreaped main process still holds
+                    # the group's id: killed after the reap, the id could be reused.
+                    kill_group(proc)
                     _, status, rusage = os.wait4(proc.pid, 0)
                     returncode = os.waitstatus_to_exitcode(status)
                     break
