@@ -117,6 +117,32 @@ print(json.dumps({"p": dataclasses.asdict(Point()), "pair": Pair(1, 2)._asdict()
 """
 
 
+SCHEDULED = """\
+import atexit, os, threading
+threading.Thread(target=open, args=("thread-made", "w")).start()
+atexit.register(open, "exit-made", "w")
+worker = threading.Thread(target=os.environ.get, args=("AWS_SECRET_ACCESS_KEY",))
+worker.start()
+worker.join()
+def dropped():
+    open("never-made", "w")
+atexit.register(dropped)
+atexit.unregister(dropped)
+"""
+
+
+def test_work_handed_to_a_thread_or_exit_handler_is_the_line_that_handed_it(tmp_path):
+    """`Thread(target=open)` and `atexit.register(open, ...)` run with no frame of the job
+    on the stack: the line that started the thread or registered the handler is theirs."""
+    report = run_job(tmp_path, SCHEDULED)
+    seen = {(e["event"], str(e["detail"].get("path") or e["detail"].get("name")), e["line"],
+             tuple(e.get("via") or ())) for e in report["events"] if e["event"] != "import"}
+    assert seen == {
+        ("open", "thread-made", 2, ("(a thread it started)",)),
+        ("open", "exit-made", 3, ("(an exit handler it registered)",)),
+        ("os.environ.get", "AWS_SECRET_ACCESS_KEY", 5, ("(a thread it started)",))}, seen
+
+
 def test_benign_code_makes_no_new_events(tmp_path):
     report = run_job(tmp_path, BENIGN)
     seen = {(e["event"], e["category"]) for e in report["events"]}

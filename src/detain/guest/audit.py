@@ -35,7 +35,9 @@ this module can do is keep the evidence useful and cheap:
   never interleave inside one line.
 """
 
+import _thread
 import atexit
+import functools
 import itertools
 import marshal
 import os
@@ -84,6 +86,7 @@ DECOYS_CAP = 64  # decoy variable names taken from a claim
 WATCH.update(dict.fromkeys(SETUP, "setup"))
 VIA_CAP = 8
 STACK_CAP = 300  # frames looked through for an exec'd file's module frame
+ORIGINS_CAP = 1024  # threads and exit handlers whose origin is kept
 # Environment names worth a record: what credentials are called. Reading PATH or HOME is
 # what every library does and would only bury these.
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSW", "CREDENTIAL", "AUTH", "SESSION", "COOKIE",
@@ -196,6 +199,7 @@ class Auditor:
         # import phase claims them first); None: a dependency lies in a site-packages dir
         self.dependencies = None
         self.nested = {}  # exec'd module code -> the code objects it defines
+        self.origins = {}  # thread id -> [(file, line, via, kind)]: see remember_origins
         self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
         self.stream = None  # a forked process's label (after_fork); None: the launcher's
         self.forking = None
@@ -353,12 +357,54 @@ class Auditor:
                 if through is None:
                     through, outermost = self.dependency_name(filename), frame
             frame = frame.f_back
+        scheduled = self.scheduled(through)
+        if scheduled is not None:
+            return scheduled
         if outermost is not None and self.dependencies is not None:
             # vetting: what a dependency did with no code of the package above it (a
             # thread, an atexit handler, a file misfiled as a dependency's) is still shown,
             # at the dependency's own line: a classification moves an event, never drops it
             return (clip(outermost.f_code.co_filename), outermost.f_lineno or 0, [], through)
         return None
+
+    def scheduled(self, through):
+        """Where the code under test handed the runtime what this thread is running now (a
+        thread it started, an exit handler it registered: `Thread(target=open)` runs with
+        no frame of its own on the stack), or None."""
+        stack = self.origins.get(_thread.get_ident()) if self.origins else None
+        if not stack:
+            return None
+        file, line, via, kind = stack[-1]
+        return (file, line, [*via, "(%s)" % kind][:VIA_CAP], through)
+
+    def origin_here(self, kind):
+        """(file, line, via, kind): the innermost frame of the code under test calling
+        the runtime's scheduler, or what the current thread was itself scheduled by."""
+        frame = sys._getframe(2)
+        for _ in range(STACK_CAP):
+            if frame is None:
+                break
+            if self.kind_of(frame.f_code) in UNDER_TEST:
+                file, line, via, _through = self.resolve(frame, None)
+                return (file, line, via, kind)
+            frame = frame.f_back
+        inherited = self.scheduled(None)
+        return None if inherited is None else (*inherited[:3], kind)
+
+    def running(self, origin, function, args, kwargs):
+        """function(*args, **kwargs) with `origin` as what this thread runs for."""
+        stack = self.origins.get(_thread.get_ident())
+        if stack is None:
+            if len(self.origins) >= ORIGINS_CAP:
+                return function(*args, **kwargs)
+            stack = self.origins[_thread.get_ident()] = []
+        stack.append(origin)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            stack.pop()
+            if not stack:
+                self.origins.pop(_thread.get_ident(), None)
 
     def dependency_name(self, filename):
         if self.dependencies is not None:
@@ -373,9 +419,18 @@ class Auditor:
                 self.classify(frame.f_code.co_filename) == GUEST
                 or frame.f_code.co_filename.endswith(ENVIRON_HELPERS)):
             frame = frame.f_back
-        if frame is None or self.kind_of(frame.f_code) not in UNDER_TEST:
-            return None
-        return self.resolve(frame, None)
+        if frame is not None and self.kind_of(frame.f_code) in UNDER_TEST:
+            return self.resolve(frame, None)
+        # no code but the stdlib's on the stack (a thread's or exit handler's machinery):
+        # what the job scheduled, if it did; else the stdlib's own business
+        outer = frame
+        for _ in range(STACK_CAP):
+            if outer is None:
+                return self.scheduled(None)
+            if self.kind_of(outer.f_code) in (JOB, PSEUDO, DEPENDENCY):
+                return None
+            outer = outer.f_back
+        return None
 
     def resolve(self, frame, through):
         """(file, line, via, through) for a frame of the code under test.
@@ -762,10 +817,48 @@ def record_environ():
         native.environ = audited
 
 
+def remember_origins(auditor):
+    """Make the runtime's schedulers remember which line of the code under test handed them
+    work: a new thread (`_thread.start_new_thread`, which threading uses) and an exit
+    handler (`atexit.register`) then run with that line as their origin, so what they do
+    with no frame of the job on the stack (`Thread(target=open, ...)`) is still located."""
+    start_new_thread, register, unregister = (_thread.start_new_thread, atexit.register,
+                                              atexit.unregister)
+    wrapped = {}  # id(handler) -> the runners registered for it, for unregister
+
+    def start_thread(function, args, kwargs=None):
+        origin = auditor.origin_here("a thread it started")
+        if origin is None or not callable(function):
+            return start_new_thread(function, args, *(() if kwargs is None else (kwargs,)))
+        return start_new_thread(auditor.running, (origin, function, args, kwargs or {}))
+
+    def register_exit(function, *args, **kwargs):
+        origin = auditor.origin_here("an exit handler it registered")
+        if origin is None or not callable(function):
+            return register(function, *args, **kwargs)
+        runner = functools.partial(auditor.running, origin, function, args, kwargs)
+        if len(wrapped) < ORIGINS_CAP:
+            wrapped.setdefault(id(function), (function, []))[1].append(runner)
+        register(runner)
+        return function
+
+    def unregister_exit(function):
+        unregister(function)
+        for runner in wrapped.pop(id(function), (None, ()))[1]:
+            unregister(runner)
+
+    _thread.start_new_thread = _thread.start_new = start_thread
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._start_new_thread = start_thread
+    atexit.register, atexit.unregister = register_exit, unregister_exit
+
+
 def start(auditor):
     record_environ()
     sys.addaudithook(auditor.hook)
     atexit.register(auditor.finish)
+    remember_origins(auditor)
     os.register_at_fork(before=auditor.before_fork, after_in_child=auditor.after_fork)
     return auditor
 
