@@ -237,6 +237,7 @@ def test_a_dependency_s_work_is_the_package_s_line_through_it(tmp_path, monkeypa
             and "198.51.100.9" in str(e["detail"])]
     assert sent and sent[0]["file"] == "detain_selftest_depuser/__init__.py", imported
     assert sent[0]["line"] == 2 and sent[0]["through"] == dep
+    assert sent[0]["via"][-1].startswith(f"{dep}.py:"), sent[0]  # the dependency's own line
     probes = [e for e in imported if e["event"] in ("socket.bind", "kernel.bind")]
     assert probes and all(e["severity"] == "low" for e in probes), probes
     assert all(e.get("through") == dep for e in probes if e["event"] == "socket.bind")

@@ -200,6 +200,7 @@ class Auditor:
         self.dependencies = None
         self.nested = {}  # exec'd module code -> the code objects it defines
         self.origins = {}  # thread id -> [(file, line, via, kind)]: see remember_origins
+        self.site_root = None  # where the vetted package's dependencies are installed
         self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
         self.stream = None  # a forked process's label (after_fork); None: the launcher's
         self.forking = None
@@ -352,7 +353,10 @@ class Auditor:
                 continue
             kind = self.kind_of(frame.f_code)
             if kind in UNDER_TEST:
-                return self.resolve(frame, through)
+                file, line, via, through = self.resolve(frame, through)
+                if outermost is not None:  # the dependency's own line that did it
+                    via = [*via, self.dependency_place(outermost)][:VIA_CAP]
+                return (file, line, via, through)
             if kind == DEPENDENCY:
                 if through is None:
                     through, outermost = self.dependency_name(filename), frame
@@ -405,6 +409,17 @@ class Auditor:
             stack.pop()
             if not stack:
                 self.origins.pop(_thread.get_ident(), None)
+
+    def dependency_place(self, frame):
+        """file:line of a dependency's frame, named from the dir it is installed in (as
+        the report names installed files): `urllib3/connection.py:205`."""
+        filename = frame.f_code.co_filename
+        if self.site_root and filename.startswith(self.site_root):
+            filename = filename[len(self.site_root):]
+        for marker in ("-packages" + os.sep, ".whl" + os.sep):
+            if marker in filename:
+                filename = filename.rsplit(marker, 1)[1]
+        return clip("%s:%d" % (filename, frame.f_lineno or 0))
 
     def dependency_name(self, filename):
         if self.dependencies is not None:
@@ -539,6 +554,8 @@ class Auditor:
         elif event == "detain.dependencies" and self.dependencies is None and args and \
                 isinstance(args[0], dict):
             self.dependencies = {str(k): clip(v) for k, v in args[0].items()}
+            if len(args) > 1 and isinstance(args[1], str):
+                self.site_root = args[1].rstrip(os.sep) + os.sep
         elif event == "detain.decoys" and args:
             self.claim_decoys(args[0])
 

@@ -354,7 +354,7 @@ def main():
         if len(rest) > 1:
             own, dependencies = split_site(first, canonical(rest[1]))
             if own:  # claimed before any of the site's code runs; only the first claim counts
-                sys.audit("detain.dependencies", dependencies)
+                sys.audit("detain.dependencies", dependencies, first)
         imported = import_all(first, seconds, own)
         outcome = {"ok": True, "modules": {k: v[1] for k, v in imported.items()}}
         if phase == "exercise":
