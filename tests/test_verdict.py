@@ -458,3 +458,20 @@ def test_a_python_outside_the_hook_and_a_dropped_build_tool_are_seen(tmp_path):
     assert any("without detain's audit hook" in f for f in install["integrity"]["flags"])
     reasons = " | ".join(install["verdict"]["reasons"])
     assert "process started: /scratch/venv/bin/gcc" in reasons, reasons
+
+
+@pytest.mark.parametrize("path", [
+    "/home/u/.bashrc", "/home/u/.bash_login", "/home/u/.xinitrc", "/home/u/.xprofile",
+    "/home/u/.zshenv", "/home/u/.config/fish/config.fish", "/home/u/.config/autostart/x",
+    "/home/u/.config/systemd/user/x.service", "/etc/profile.d/x.sh", "/etc/cron.d/x",
+    "/var/spool/cron/crontabs/root", "/etc/systemd/system/x.service", "/etc/rc.local",
+    "/etc/ld.so.preload", "/root/.ssh/authorized_keys", "/Users/u/Library/LaunchAgents/x",
+    "/v/lib/python3.11/site-packages/x.pth", "/v/site-packages/sitecustomize.py",
+    "/usr/lib/python3.11/usercustomize.py"])
+def test_the_tracer_s_reserve_covers_every_persistence_place(path):
+    """The outside tracer keeps writes to PERSISTENCE_MARKS past its cap; whatever the
+    verdict calls persistence must be among them, or a flood could push it out."""
+    from detain.report.verdict import PERSISTENCE, PERSISTENCE_MARKS
+
+    assert PERSISTENCE.search(path)
+    assert any(mark in path for mark in PERSISTENCE_MARKS)

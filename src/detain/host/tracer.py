@@ -34,18 +34,12 @@ from pathlib import Path
 
 from ..errors import ProtectionError
 from ..report.events import SENSITIVE
+from ..report.verdict import PERSISTENCE_MARKS
 from . import seccomp
 from .privileges import _check, _libc
 from .tools import trusted_cache_dir
 from .warden import BOOT, SOURCE_ROOT
 
-# Paths a write to which is persistence (report/verdict.py's PERSISTENCE, as substrings):
-# like credential opens, such writes have a reserve in the tracer's cap, so a flood of
-# ordinary writes cannot push one out.
-PERSISTENT = (".bashrc", ".bash_profile", ".profile", ".zshrc", ".zprofile", ".zshenv",
-              "/.config/autostart", "/.config/systemd/user", "/etc/profile.d", "cron",
-              "/etc/systemd/", "rc.local", "ld.so.preload", "authorized_keys",
-              "LaunchAgents", "sitecustomize", "usercustomize", ".pth")
 # What every CPython opens as it starts, even under -S -I (encodings is not frozen): kept in
 # reserve too, so that no flood hides that a process is a Python interpreter, renamed or not
 # (report/outside_trace.py tells a Python without detain's audit hook by it).
@@ -204,7 +198,7 @@ def tracer_arguments(machinery: str | None = None) -> list[str]:
     inside the guest (microvm/guest_init.py), whose first process is the job's."""
     table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
     return [str(MAX_RECORDS), str(RESERVE), str(STRING_CAP), machinery or "-", table,
-            json.dumps(SENSITIVE + PERSISTENT + INTERPRETER_START)]
+            json.dumps(SENSITIVE + PERSISTENCE_MARKS + INTERPRETER_START)]
 
 
 def usable() -> str | None:

@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..net.session import PROXY_PORT
+from ..policy import SCRATCH
 from .events import SENSITIVE
 
 CLEAN, SUSPICIOUS, MALICIOUS = "clean", "suspicious", "malicious-looking"
@@ -58,6 +59,14 @@ PERSISTENCE = re.compile(
     # what Python runs at start-up: a site dir's .pth files and sitecustomize, the stdlib's
     r"|-packages/([^/]+\.pth|sitecustomize\.py|usercustomize\.py)$"
     r"|/(lib|etc)/python3[0-9.]*/(sitecustomize|usercustomize)\.py$)")
+# The same places as substrings, for the outside tracer (host/tracer.py), which keeps a
+# write to any of them in its reserve: a superset of what PERSISTENCE matches, so no flood
+# pushes a persistence write out before the verdict sees it (test_verdict checks the two).
+PERSISTENCE_MARKS = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc",
+                     ".zprofile", ".zshenv", ".xprofile", ".xinitrc", "config.fish",
+                     "/.config/autostart", "/.config/systemd/user", "/etc/profile.d", "cron",
+                     "/etc/systemd/", "rc.local", "ld.so.preload", "authorized_keys",
+                     "LaunchAgents", "sitecustomize", "usercustomize", ".pth")
 BUILD_TOOLS = re.compile(
     r"^(python[0-9.]*|pip[0-9.]*|cc|c\+\+|gcc|g\+\+|clang|clang\+\+|ld|ld\.\w+|ar|as|ranlib|"
     r"strip|nm|objcopy|objdump|readelf|patchelf|cc1|cc1plus|cc1obj|collect2|lto1|lto-wrapper|"
@@ -71,7 +80,7 @@ BUILD_TOOLS = re.compile(
 # Where the programs builds run live: the system's, package_phase.py's venv (made by
 # detain), and pip's build env (the build requirements pip installed: cmake, ninja ...).
 SYSTEM_PROGRAMS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/",
-                   "/scratch/venv/bin/", "/scratch/tmp/pip-build-env-")
+                   f"{SCRATCH}/venv/bin/", f"{SCRATCH}/tmp/pip-build-env-")
 SHELL_SYNTAX = re.compile(r"[|;&<>$`]")
 MODE_SUFFIX = re.compile(r" mode [0-7]+$")  # outside_trace.py's chmod targets
 DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
@@ -103,7 +112,7 @@ def verdict(events: list[dict[str, Any]], allowed: list[str] | None = None,
         if _in_walk(event, walks):
             event["severity"] = "medium"  # a name read by copying the environment: the walk's
     found = []
-    for event, signal in _signals(events, allowed or []):
+    for event, signal in _signals(events, allowed or [], walks):
         if signal["level"] == MALICIOUS:
             event["severity"] = "high"
         found.append(signal)
@@ -188,11 +197,12 @@ def signals(events: list[dict[str, Any]], allowed: list[str]) -> list[dict[str, 
     return [signal for _event, signal in _signals(events, allowed)]
 
 
-def _signals(events: list[dict[str, Any]], allowed: list[str]
+def _signals(events: list[dict[str, Any]], allowed: list[str],
+             walks: set[tuple[Any, Any, Any]] | None = None
              ) -> list[tuple[dict[str, Any], dict[str, str]]]:
     """(event, signal) for every event that gives one, in event order."""
     found = []
-    walks = _walks(events)
+    walks = _walks(events) if walks is None else walks
     for event in events:
         signal = None if _in_walk(event, walks) else _signal(event, allowed)
         if signal is not None:
