@@ -38,7 +38,7 @@ if sys.argv[1] == "audit":
     audit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(audit)
     sys.path.insert(0, {guest!r})
-    from launcher import to_json
+    from launch import to_json
     del sys.path[0]
     audit.install(__import__("os").open("/dev/null", __import__("os").O_WRONLY), to_json,
                   "code", "-")
