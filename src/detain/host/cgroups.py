@@ -238,7 +238,7 @@ def _backoff(total: float):
         pause = min(pause * 2, 0.005)
 
 
-REMOVE_SECONDS = 10.0  # a dead run's processes may still be exiting (a gVisor sandbox)
+REMOVE_SECONDS = 5.0  # a dead run's processes may still be exiting (a gVisor sandbox)
 
 
 @cleaner("cgroup")
