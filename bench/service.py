@@ -11,6 +11,12 @@ goal: a submission's p50 within 2x of it; "x API" compares with the API under th
 callers). The distributed set-up needs redis-server and PostgreSQL (`make test` installs
 them); `--embedded` leaves it out.
 
+On one machine everything shares the same cores, so beside the rate the service's CPU is
+measured: CPU-ms per submission of the server (its sandboxes included), or of the API, the
+workers (theirs included), Redis and PostgreSQL, and how many of the machine's cores were
+busy meanwhile (everyone's). Workers scale where their CPU per submission stays flat: the
+rate a core buys is then the same with one worker as with two, and more cores buy more.
+
     python bench/service.py [--seconds S] [--clients C] [--backend bwrap] [--embedded]
 """
 
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -105,6 +112,69 @@ def warm_api(backend: str, bodies: list[dict], seconds: float, clients: int
     return rate, latencies, statistics.median(lone)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU of a process and of its children it has reaped (a server's sandboxes)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (PostgreSQL's backends under its postmaster)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(
+                    ")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+    found = [pid]
+    for member in found:
+        found.extend(child for child, parent in parents.items() if parent == member)
+    return found
+
+
+def busy_cores() -> tuple[float, float]:
+    """(busy, total) jiffies of the machine so far, every process's."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+class Cpu:
+    """CPU-ms per submission of named groups of processes (each with its descendants:
+    sandboxes, zygotes, PostgreSQL's backends) over one load."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+
+    def __enter__(self) -> Cpu:
+        self.pids = {name: pids() for name, pids in self.groups.items()}
+        self.before = {name: sum(map(cpu_seconds, pids)) for name, pids in self.pids.items()}
+        self.machine = busy_cores()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Processes that ended meanwhile count in their parents' reaped CPU; those that
+        # started meanwhile count whole.
+        self.used = {name: sum(map(cpu_seconds, set(self.pids[name]) | set(pids())))
+                     - self.before[name] for name, pids in self.groups.items()}
+        busy, total = (now - then for now, then in zip(busy_cores(), self.machine,
+                                                          strict=True))
+        self.busy = busy / total * (os.cpu_count() or 1) if total else 0.0
+
+    def line(self, submissions: int) -> str:
+        parts = ", ".join(f"{name} {used / submissions * 1000:.1f}"
+                          for name, used in self.used.items())
+        total = sum(self.used.values()) / submissions * 1000
+        return (f"    CPU-ms a submission: {parts}; {total:.1f} in all ({1000 / total:.0f} "
+                f"submissions/s a core); the machine's cores busy meanwhile: "
+                f"{self.busy:.1f} of {os.cpu_count()}")
+
+
 def report(name: str, rate: float, latencies: list[float], api: tuple | None = None) -> None:
     """One line; beside the service's, how it compares with the API of the same run."""
     cut = statistics.quantiles(latencies, n=100)
@@ -119,16 +189,19 @@ def report(name: str, rate: float, latencies: list[float], api: tuple | None = N
     print(line)
 
 
-def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace) -> float:
+def compare(name: str, url: str, bodies: list[dict], args: argparse.Namespace,
+            cpu: dict[str, Callable[[], list[int]]]) -> float:
     """The warm API on these jobs, then the service on the same: under load (C clients),
-    and one client alone, whose p50 is the one to hold against a lone warm run. Returns
-    the service's rate under load."""
+    with the CPU of the `cpu` groups of processes, and one client alone, whose p50 is the
+    one to hold against a lone warm run. Returns the service's rate under load."""
     api = warm_api(args.backend, bodies, args.seconds, args.clients)
     report(f"  warm API, {name}", api[0], api[1])
     # Not counted: the server's spares for C callers, workers that have just started.
     load(lambda: Client(url), bodies, 2.0, args.clients)
-    served = load(lambda: Client(url), bodies, args.seconds, args.clients)
+    with Cpu(cpu) as used:
+        served = load(lambda: Client(url), bodies, args.seconds, args.clients)
     report(f"  service, {name}", *served, api)
+    print(used.line(len(served[1])))
     rate, latencies = load(lambda: Client(url), bodies, args.seconds / 2, 1)
     p50 = statistics.median(latencies)
     print(f"  one client alone, {name}: {rate:.1f}/s, p50 {p50 * 1000:.1f} ms = "
@@ -162,7 +235,8 @@ def main() -> None:
         print(f"embedded, {args.workers} workers:")
         try:
             for name, bodies in jobs.items():
-                compare(name, embedded.url, bodies, args)
+                compare(name, embedded.url, bodies, args,
+                        {"server": lambda: family(embedded.proc.pid)})
         finally:
             embedded.stop()
         if args.embedded:
@@ -174,6 +248,10 @@ def main() -> None:
         (root / "workers").mkdir()
         workers: list[subprocess.Popen] = []
         rates: dict[int, float] = {}
+        postmaster = int((root / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        cpu = {"API": lambda: family(api.proc.pid),
+               "workers": lambda: [p for w in workers for p in family(w.pid)],
+               "Redis": lambda: [redis.proc.pid], "PostgreSQL": lambda: family(postmaster)}
         try:
             for count in (1, 2):  # the same load on one worker, then on two
                 while len(workers) < count:
@@ -183,8 +261,8 @@ def main() -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 print(f"{count} worker(s) of concurrency 1 (the API, Redis and PostgreSQL on "
                       "the same CPUs):")
-                rates[count] = compare("print(42)", api.url, jobs["print(42)"], args)
-            compare("grading, 10 cases", api.url, jobs["grading, 10 cases"], args)
+                rates[count] = compare("print(42)", api.url, jobs["print(42)"], args, cpu)
+            compare("grading, 10 cases", api.url, jobs["grading, 10 cases"], args, cpu)
             print(f"distributed print(42): 1 worker {rates[1]:.1f}/s, 2 workers "
                   f"{rates[2]:.1f}/s: x{rates[2] / rates[1]:.2f} for twice the workers "
                   f"({rates[2] / min(2, os.cpu_count() or 1):.1f}/s a core)")

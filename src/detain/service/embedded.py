@@ -68,4 +68,7 @@ async def poll(store: Store, token: str, step: float = 0.02) -> dict[str, Any] |
         if record is None or record["state"] == DONE:
             return record
         await asyncio.sleep(step)
-        step = min(step * 1.5, 0.05)
+        step = min(step * 1.5, POLL_MAX)
+
+
+POLL_MAX = 0.05  # seconds between reads of the store, at most

@@ -9,9 +9,10 @@ sent it): a token reads and deletes only its own submissions.
 
 SQLite runs in WAL mode: readers never wait for the writer, and a commit costs one
 fsync of the log instead of the rollback journal's several; the writes waiting at once
-share one commit (commits.py). synchronous=FULL keeps every commit durable, as before
-(measured: the journal's fsyncs, one writer after another, held the embedded server to
-~25 submissions/s on 2 cores, a third of what its sandboxes can do). Queries for
+share one commit (commits.py). synchronous=FULL keeps every commit a caller waits for
+durable, as before; one that nobody waits for is synced by the next (measured: the
+journal's fsyncs, one writer after another, held the embedded server to ~25
+submissions/s on 2 cores, a third of what its sandboxes can do). Queries for
 unfinished rows name the unfinished states, so that the state index serves them however
 many finished rows are kept.
 """
@@ -38,11 +39,13 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
 
 from .commits import GroupCommit, T, transaction
+from .finished import CHANNEL
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 UNFINISHED = (QUEUED, RUNNING)
@@ -76,6 +79,8 @@ _START = _UNFINISHED_ROW.values(state=RUNNING, worker=bindparam("b_worker"),
                                 attempts=_C.attempts + 1)
 _FINISH = _UNFINISHED_ROW.values(state=DONE, finished_at=bindparam("b_finished"),
                                  response=bindparam("b_response"))
+_ANNOUNCE = select(func.pg_notify(CHANNEL, bindparam("b_token")))  # at commit (finished.py)
+_NOT_SYNCED = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def now() -> str:
@@ -91,6 +96,7 @@ class Store:
             _private_file(url.partition(":///")[2])
         self.engine: Engine = create_engine(url, **options)
         self._commits: GroupCommit | None = None
+        self._postgres = self.engine.dialect.name == "postgresql"
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
@@ -133,17 +139,23 @@ class Store:
 
     def finish(self, token: str, response: dict[str, Any]) -> dict[str, Any] | None:
         """Store the result once, and return the finished row: a second finish (a retried
-        run) changes nothing and returns None."""
+        run) changes nothing and returns None. On PostgreSQL its commit announces the
+        token to the API's waiting clients (finished.py)."""
         return self._unfinished_update(_FINISH, {"b_token": token, "b_finished": now(),
-                                                 "b_response": json.dumps(response)}, True)
+                                                 "b_response": json.dumps(response)}, True,
+                                       announce=self._postgres)
 
-    def _unfinished_update(self, change: Any, values: dict[str, Any], durable: bool
-                           ) -> dict[str, Any] | None:
+    def _unfinished_update(self, change: Any, values: dict[str, Any], durable: bool,
+                           announce: bool = False) -> dict[str, Any] | None:
         """Update the row if it is not done yet; the row as updated, read by the same
         statement (RETURNING: SQLite 3.35+, PostgreSQL)."""
         def write(conn: Connection) -> dict[str, Any] | None:
             row = conn.execute(change, values).first()
-            return None if row is None else _record(row._mapping)
+            if row is None:
+                return None
+            if announce:
+                conn.execute(_ANNOUNCE, {"b_token": values["b_token"]})
+            return _record(row._mapping)
         return self._write(write, durable)
 
     def get(self, token: str) -> dict[str, Any] | None:
@@ -192,9 +204,13 @@ class Store:
 
     def _write(self, write: Callable[[Connection], T], durable: bool = True) -> T:
         """`write` committed: SQLite's in a group commit (one writer thread, no busy
-        retries), PostgreSQL's in a transaction of its own (always durable)."""
+        retries), PostgreSQL's in a transaction of its own. Not `durable` there: its
+        commit does not wait for the WAL flush (a PostgreSQL crash may forget it, never
+        half of it; the next durable commit flushes it too)."""
         if self._commits is None:
-            return transaction(self.engine, write)
+            if durable:
+                return transaction(self.engine, write)
+            return transaction(self.engine, lambda conn: _not_synced(conn, write))
         return self._commits(write, durable)
 
     def close(self) -> None:
@@ -205,6 +221,11 @@ class Store:
 
 class QueueFull(Exception):
     """The owner has as many submissions queued or running as it may."""
+
+
+def _not_synced(conn: Connection, write: Callable[[Connection], T]) -> T:
+    conn.execute(_NOT_SYNCED)
+    return write(conn)
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -16,18 +16,22 @@ owner's ceiling as the worker reads it.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
 from typing import Any
 
 from celery import Celery
 
 from .callback import Network, check
-from .embedded import poll
-from .store import QUEUED, Store
+from .embedded import POLL_MAX, poll
+from .finished import FALLBACK, Finished
+from .store import DONE, QUEUED, Store
 
 TASK = "detain.run_submission"
 REDELIVER = 120.0
+BACKLOG_AGE = 0.5  # seconds a count of queued rows is used for the queue's cap
 
 
 def celery_app(broker: str, redeliver: float = REDELIVER) -> Celery:
@@ -55,6 +59,8 @@ class Distributed:
         self.app = celery_app(broker, redeliver)
         self.callbacks_allowed = callbacks_allowed
         self.redeliver = redeliver
+        self.finished = Finished(store.engine)
+        self._counted = (-BACKLOG_AGE, 0)  # (when, rows queued then)
         self._stop = threading.Event()
         threading.Thread(target=self._resend, daemon=True, name="detain-resend").start()
 
@@ -74,10 +80,30 @@ class Distributed:
                 self.accept(token)
 
     async def result(self, token: str) -> dict[str, Any] | None:
-        return await poll(self.store, token)
+        """The row once done (None if deleted): read when PostgreSQL announces it
+        (finished.py), and every FALLBACK seconds in case an announcement was lost; polled
+        as the embedded server polls while nothing listens."""
+        if not self.finished.listening:
+            return await poll(self.store, token)
+        while True:
+            announced = self.finished.expect(token)
+            try:
+                step = FALLBACK if self.finished.listening else POLL_MAX
+                await asyncio.wait([announced], timeout=step)
+            finally:
+                self.finished.forget(token, announced)
+            record = await asyncio.to_thread(self.store.get, token)
+            if record is None or record["state"] == DONE:
+                return record
 
     def backlog(self) -> int:
-        return self.store.counts().get(QUEUED, 0)
+        """Rows queued, counted at most every BACKLOG_AGE seconds: the queue's cap is a
+        bound, not an exact count, and counting for every submission cost the API more
+        than the rest of accepting it."""
+        now = time.monotonic()
+        if now - self._counted[0] > BACKLOG_AGE:
+            self._counted = (now, self.store.counts().get(QUEUED, 0))
+        return self._counted[1]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         try:
@@ -93,6 +119,7 @@ class Distributed:
 
     def close(self) -> None:
         self._stop.set()
+        self.finished.close()
 
 
 def run_worker(executor, broker: str, name: str | None, concurrency: int,
