@@ -108,7 +108,9 @@ def warm_api(backend: str, bodies: list[dict], seconds: float, clients: int
             check(box, jobs[n % len(jobs)])
             lone.append(time.perf_counter() - started)
         box.wait_warm()
-        rate, latencies = load(lambda: lambda job: check(box, job), jobs, seconds, clients)
+        with Cpu({"API": lambda: [os.getpid()]}) as used:  # its sandboxes are its children
+            rate, latencies = load(lambda: lambda job: check(box, job), jobs, seconds, clients)
+    print(used.line(len(latencies), "run"))
     return rate, latencies, statistics.median(lone)
 
 
@@ -166,13 +168,12 @@ class Cpu:
                                                           strict=True))
         self.busy = busy / total * (os.cpu_count() or 1) if total else 0.0
 
-    def line(self, submissions: int) -> str:
-        parts = ", ".join(f"{name} {used / submissions * 1000:.1f}"
-                          for name, used in self.used.items())
-        total = sum(self.used.values()) / submissions * 1000
-        return (f"    CPU-ms a submission: {parts}; {total:.1f} in all ({1000 / total:.0f} "
-                f"submissions/s a core); the machine's cores busy meanwhile: "
-                f"{self.busy:.1f} of {os.cpu_count()}")
+    def line(self, count: int, each: str = "submission") -> str:
+        parts = ", ".join(f"{name} {used / count * 1000:.1f}" for name, used in self.used.items())
+        total = sum(self.used.values()) / count * 1000
+        return (f"    CPU-ms a {each}: {parts}; {total:.1f} in all ({1000 / total:.0f} {each}s/s "
+                f"a core); the machine's cores busy meanwhile: {self.busy:.1f} of "
+                f"{os.cpu_count()}")
 
 
 def report(name: str, rate: float, latencies: list[float], api: tuple | None = None) -> None:

@@ -105,6 +105,52 @@ def test_two_workers_serve_the_official_client(cluster):
     assert {row["worker"] for row in cluster.rows()} == {"alpha", "beta"}
     status, health = cluster.api.call("GET", "/healthz", token=None)
     assert status == 200 and health["mode"] == "distributed"
+    # A client that waits is answered when PostgreSQL announces the result (finished.py).
+    status, shown = cluster.api.call("POST", "/submissions?wait=true",
+                                     {"language_id": 71, "source_code": "print('waited')"})
+    assert status == 201 and shown["stdout"] == "waited\n"
+
+
+def test_results_are_announced_to_waiters(tmp_path):
+    """A worker's finish wakes the API's waiter for that token through LISTEN/NOTIFY,
+    one that comes after the announcement is answered at once, and nothing else wakes."""
+    import asyncio
+
+    from detain.service.finished import Finished
+    from detain.service.store import Store
+
+    root = Path(f"/var/tmp/detain-notify-{os.getpid()}-{time.monotonic_ns()}")
+    root.mkdir(mode=0o711)
+    postgres = Postgres(root / "pg")
+    store = Store(postgres.url)
+    finished = Finished(store.engine)
+    try:
+        deadline = time.monotonic() + 30
+        while not finished.listening and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for token in ("early", "late", "other"):
+            store.add(token, "judge0", "someone", {"body": {}})
+
+        async def waits() -> None:
+            late, other = finished.expect("late"), finished.expect("other")
+            await asyncio.to_thread(store.finish, "late", {"status_id": 3})
+            await asyncio.wait_for(late, 20)
+            assert not other.done()
+            finished.forget("other", other)
+            await asyncio.to_thread(store.finish, "early", {"status_id": 3})
+            for _ in range(200):  # announced before anyone waits for it
+                early = finished.expect("early")
+                if early.done():
+                    return
+                finished.forget("early", early)
+                await asyncio.sleep(0.1)
+            raise AssertionError("a waiter after the announcement was not answered")
+        asyncio.run(waits())
+    finally:
+        finished.close()
+        store.close()
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_worker_killed_mid_run_loses_nothing(cluster):

@@ -152,8 +152,7 @@ class Service:
         fields = judge0.fields_param(request.query_params.get("fields"))
         body = await _json(request)
         wait = _flag(request, "wait")
-        token = await run_in_threadpool(self._accept, body, encoded, caller,
-                                        not (wait and self.dispatcher.local))
+        token = await run_in_threadpool(self._accept, body, encoded, caller, not wait)
         if not wait:
             return JSONResponse({"token": token}, status_code=201)
         record = await self._finished(token)
@@ -230,8 +229,9 @@ class Service:
     def _store(self, request: dict[str, Any], kind: str, caller: Caller,
                durable: bool = True) -> str:
         """Store an accepted submission and dispatch it. Not `durable` for a client that
-        waits on the embedded server: the result's durable write, which comes after this
-        one through the same writer, before the client is answered, covers it."""
+        waits: the result's durable write, which comes after this one (through the same
+        writer embedded, later in PostgreSQL's log scaled out), before the client is
+        answered, covers it. The row is committed all the same, for workers to read."""
         if self.dispatcher.backlog() >= QUEUE_CAP:
             raise error(503, f"the queue is full ({QUEUE_CAP} submissions waiting); try again "
                              "later")
@@ -255,7 +255,9 @@ class Service:
     async def _finished(self, token: str) -> dict[str, Any]:
         record = await asyncio.wait_for(self.dispatcher.result(token), WAIT_SECONDS)
         if record is None:
-            raise error(404, "the submission was deleted while it ran")
+            raise error(404, "the submission is gone: deleted while it ran, or lost with a "
+                             "database that crashed before its result was stored; send it "
+                             "again")
         return record
 
     @staticmethod
