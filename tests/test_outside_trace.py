@@ -322,3 +322,27 @@ def test_a_python_started_with_minus_s_is_marked_unhooked(traced):
     children = [e for e in kernel(result, "process") if "-S" in e["detail"].get("argv", "")]
     assert children and children[0]["detail"].get("unhooked") is True, children
     assert "without detain's audit hook" in children[0]["summary"]
+
+
+PROC_ENVIRON_READS = """
+import os
+fd = os.open("/proc/self", os.O_RDONLY)
+for path, where in (("environ", fd), (f"/proc/{os.getpid()}/task/{os.getpid()}/environ", None)):
+    try:
+        os.close(os.open(path, os.O_RDONLY, dir_fd=where))
+    except PermissionError:
+        pass  # landlock refuses it: the attempt is what is judged
+"""
+
+
+def test_a_process_environ_is_credentials_however_the_path_is_spelled(traced):
+    """Relative to a dir fd of /proc/self, or through /proc/PID/task/TID: the tracer
+    resolves the first, and both are credentials read in the verdict."""
+    from detain.report.build import build_report
+
+    report = build_report(run(traced, PROC_ENVIRON_READS, trace="syscalls"))
+    assert report["verdict"]["signals"].get("credentials read", 0) >= 2, report["verdict"]
+    high = {str(e["detail"].get("target") or e["detail"].get("path"))
+            for e in report["events"] if e["severity"] == "high"}
+    assert any("/task/" in p for p in high), high
+    assert any(p.endswith("/environ") and "/task/" not in p for p in high), high

@@ -44,6 +44,7 @@ from .warden import BOOT, SOURCE_ROOT
 # reserve too, so that no flood hides that a process is a Python interpreter, renamed or not
 # (report/outside_trace.py tells a Python without detain's audit hook by it).
 INTERPRETER_START = ("/encodings/__init__.py", "/encodings/__pycache__/__init__.")
+ENVIRONS = ("/environ",)  # any process's /proc/PID[/task/TID]/environ, in reserve too
 TRACED = ("execve", "execveat", "open", "openat", "openat2", "creat", "connect", "sendto",
           "sendmsg", "bind", "listen", "unlink", "unlinkat", "rename", "renameat",
           "renameat2", "chmod", "fchmodat", "mkdir", "mkdirat", "symlink", "symlinkat",
@@ -198,7 +199,7 @@ def tracer_arguments(machinery: str | None = None) -> list[str]:
     inside the guest (microvm/guest_init.py), whose first process is the job's."""
     table = ",".join(f"{nr}={name}" for name, nr in syscall_numbers().items())
     return [str(MAX_RECORDS), str(RESERVE), str(STRING_CAP), machinery or "-", table,
-            json.dumps(SENSITIVE + PERSISTENCE_MARKS + INTERPRETER_START)]
+            json.dumps(SENSITIVE + ENVIRONS + PERSISTENCE_MARKS + INTERPRETER_START)]
 
 
 def usable() -> str | None:

@@ -171,6 +171,19 @@ class Tracer:
                 "utf-8", "backslashreplace"), "abstract": abstract}
         return {"family": family}
 
+    def resolved(self, pid: int, path: object, dirfd: object) -> str | None:
+        """A relative path made absolute from the dir it is relative to (the dir fd's or
+        the cwd's link, as this tracer sees it), capped; None for an absolute one."""
+        text = path.get("text") if isinstance(path, dict) else path
+        if not isinstance(text, str) or text.startswith("/"):
+            return None
+        link = f"/proc/{pid}/cwd" if dirfd == "cwd" else f"/proc/{pid}/fd/{dirfd}"
+        try:
+            base = os.readlink(link.encode()).decode("utf-8", "backslashreplace")
+        except OSError:
+            return None
+        return os.path.join(base, text)[:self.string_cap]
+
     def image(self, pid: int) -> str | None:
         """What `pid` runs now (/proc/PID/exe's target, capped), or None when unreadable."""
         try:
@@ -190,6 +203,10 @@ class Tracer:
         if name in DIRFD:
             dirfd = ctypes.c_int32(args[DIRFD[name]] & 0xFFFFFFFF).value
             record["dirfd"] = "cwd" if dirfd == -100 else dirfd
+        if name in OPENS and paths:
+            resolved = self.resolved(pid, paths[0], record.get("dirfd", "cwd"))
+            if resolved is not None:
+                record["resolved"] = resolved
         if name in FLAGS:
             record["flags"] = args[FLAGS[name]] & 0xFFFFFFFF
         elif name == "openat2":

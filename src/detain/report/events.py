@@ -48,6 +48,15 @@ VIA_CAP = 8
 SENSITIVE = ("/.ssh/", "/.ssh", ".aws/credentials", "/.netrc", "/etc/shadow", "/.gnupg",
              ".docker/config.json", ".kube/config", ".git-credentials", ".pypirc", "id_rsa",
              "id_ed25519", "/proc/self/environ")
+# A process's environment however the path to it is spelled (/proc/2/task/2/environ)
+PROC_ENVIRON = re.compile(r"^/proc/[^/]+(/task/[^/]+)?/environ$")
+
+
+def sensitive(path: str) -> bool:
+    """Whether reading `path` is reading credentials (SENSITIVE, any process's environ)."""
+    return any(s in path for s in SENSITIVE) or bool(PROC_ENVIRON.match(path))
+
+
 WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
 SEVERITY = {"network": "high", "process": "high", "native": "high", "hook": "high",
             "code": "medium", "deserialize": "medium", "file-write": "medium",
@@ -131,7 +140,7 @@ def network_severity(event: str, target: str) -> str | None:
 def severity_of(category: str, detail: dict[str, Any], event: str = "") -> str:
     if category == "network" and network_severity(event, str(detail.get("address", ""))):
         return "low"
-    if category == "file-read" and any(s in str(detail.get("path", "")) for s in SENSITIVE):
+    if category == "file-read" and sensitive(str(detail.get("path", ""))):
         return "high"
     if category == "env" and "name" not in detail:  # the whole environment walked
         return "medium"

@@ -30,7 +30,7 @@ from typing import Any
 from ..host.rootfs import GUEST_CHANNEL
 from ..host.tracer import HEADER, INTERPRETER_START
 from ..policy import SCRATCH
-from .events import SENSITIVE, TEXT_CAP, WRITE_FLAGS, with_flags
+from .events import TEXT_CAP, WRITE_FLAGS, sensitive, with_flags
 from .kernel_trace import PYTHON_NAME, Merged
 
 O_DIRECTORY, O_CREAT = 0o200000, 0o100
@@ -86,12 +86,15 @@ def classify(record: dict[str, Any], quiet: tuple[str, ...] = ()) -> tuple[str, 
     if syscall in ("open", "openat", "openat2", "creat"):
         flags = record.get("flags") if isinstance(record.get("flags"), int) else 0
         path = paths[0] if paths else "?"
+        resolved = _text(record["resolved"]) if "resolved" in record else None
+        if resolved and sensitive(resolved) and not sensitive(path):
+            path = resolved  # spelled relative to a dir fd (`environ` in /proc/self)
         if flags & WRITE_FLAGS:
             return (None if path in QUIET_WRITES or path.endswith(".pyc")
                     or "/__pycache__/" in path else ("file-write", path))
         routine = (flags & O_DIRECTORY or record.get("result") not in ("ok", "EACCES", "EPERM")
                    or path.startswith(QUIET_READS + quiet) or any(p in path for p in QUIET_PARTS))
-        if routine and not any(s in path for s in SENSITIVE):
+        if routine and not sensitive(path):
             return None
         return "file-read", path
     if syscall in ("connect", "bind", "sendto", "sendmsg"):
@@ -176,8 +179,7 @@ def parse(trace: str, quiet: tuple[str, ...] = (), installs: bool = False
             argv = [_text(a) for a in record["argv"][:ARGV_SHOWN]]
             detail["argv"] = " ".join(argv)[:TEXT_CAP]
         t = record.get("t") if isinstance(record.get("t"), (int, float)) else 0.0
-        severity = "high" if category == "file-read" and any(
-            s in target for s in SENSITIVE) else None
+        severity = "high" if category == "file-read" and sensitive(target) else None
         event = merged.add(str(record.get("syscall")), category, target,
                            _outcome(record.get("result")), float(t), detail, severity,
                            apart=pid)

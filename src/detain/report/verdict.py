@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from ..net.session import PROXY_PORT
 from ..policy import SCRATCH
-from .events import SENSITIVE
+from .events import PROC_ENVIRON, SENSITIVE
 
 CLEAN, SUSPICIOUS, MALICIOUS = "clean", "suspicious", "malicious-looking"
 LEVELS = (CLEAN, SUSPICIOUS, MALICIOUS)
@@ -125,10 +125,15 @@ HARMLESS_DROPS = ("import", "compile", "exec", "marshal.loads", "marshal.load",
                   "pickle.find_class")
 
 
+def credentials(path: str) -> bool:
+    """Whether a path is where credentials are kept (a process's environ among them)."""
+    return any(c in path for c in CREDENTIALS) or bool(PROC_ENVIRON.match(path))
+
+
 def telling(path: str) -> bool:
     """Whether a file path alone makes its read or write a signal (credentials,
     persistence): such events are kept past listing caps."""
-    return bool(PERSISTENCE.search(path)) or any(c in path for c in CREDENTIALS)
+    return bool(PERSISTENCE.search(path)) or credentials(path)
 
 
 # Losses that cannot hide a signal: listing caps keep every telling path past them, the
@@ -303,7 +308,7 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
                     and BUILD_ENV not in p), None)
         if hit:
             return MALICIOUS, "persistence", f"write to {hit}"
-    if category in ("file-read", "file-write") and any(c in path for c in CREDENTIALS):
+    if category in ("file-read", "file-write") and credentials(path):
         return MALICIOUS, "credentials read", path
     if category == "process" and name.rpartition("kernel.")[2] in PROCESS_EVENTS:
         program = _program(detail)
