@@ -95,6 +95,8 @@ class Finished:
                 finally:
                     self.listening = False
                     connection.close()
+            except TypeError:  # a psycopg before 3.2 (no notifies timeout): waiters poll
+                return
             except Exception:  # PostgreSQL down or restarting: waiters poll meanwhile
                 self._stop.wait(RETRY)
 
