@@ -259,3 +259,22 @@ def test_selftest_probes_of_the_hook(backend):
         result = run_target(resolve([backend])[0][0], session, probes=chosen)
     allowed = {CONTAINED} if backend == "bwrap" else {CONTAINED, NOT_APPLICABLE}
     assert {v.status for v in result.verdicts.values()} <= allowed, result.verdicts
+
+
+AROUND_THE_HOOK = """\
+import gc, posix
+values = gc.get_referents(posix.environ)
+import _xxsubinterpreters
+_xxsubinterpreters.destroy(_xxsubinterpreters.create())
+"""
+
+
+def test_reading_around_the_hook_is_suspicious_and_never_copies_what_it_read(tmp_path):
+    """gc hands out the environment's dict behind its auditing methods; a subinterpreter
+    has no audit hook at all. Both are signals, and the event never carries the objects."""
+    report = run_job(tmp_path, AROUND_THE_HOOK, "--env", "AWS_SECRET_ACCESS_KEY=sekrit-value")
+    assert report["verdict"]["level"] == "suspicious", report["verdict"]
+    kinds = set(report["verdict"]["signals"])
+    assert kinds == {"objects read behind the audit hook",
+                     "subinterpreter started, without the audit hook"}, kinds
+    assert "sekrit-value" not in json.dumps(report["events"])

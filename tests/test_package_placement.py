@@ -49,3 +49,28 @@ def test_a_dependency_s_sitecustomize_is_found_and_run(tmp_path, monkeypatch, re
     imported = events(report, "import")
     assert any(e["event"] == "socket.bind" and e["file"] ==
                "detain_selftest_startuser/hidden/payload.py" for e in imported), imported
+
+
+def test_a_sitecustomize_a_pth_path_line_reaches_and_shadow_scripts_are_found(tmp_path):
+    """site imports the first sitecustomize on sys.path: one in a dir a .pth path line adds
+    runs at every start as surely as one at the top. A symlinked .pth is not followed."""
+    from detain.scan.checks import check_installed
+
+    site = tmp_path / "site"
+    (site / "dep" / "_vendor").mkdir(parents=True)
+    (site / "dep" / "_vendor" / "sitecustomize.py").write_text("import os\n")
+    (site / "dep.pth").write_text("# vendored\ndep/_vendor\nimport sys\n")
+    (site / "outside.pth").symlink_to("/etc/hostname")
+    (site / "bin").mkdir()
+    for script in ("doas", "kubectl", "dep-cli"):
+        (site / "bin" / script).write_text("#!/bin/sh\n")
+    (site / "dep-1.0.dist-info").mkdir()
+    (site / "dep-1.0.dist-info" / "RECORD").write_text(
+        "dep.pth,,\ndep/_vendor/sitecustomize.py,,\nbin/doas,,\n")
+    found = {(f["rule"], f["file"]): f["message"] for f in check_installed(site)}
+    assert set(found) == {("startup-hook", "site-packages/dep/_vendor/sitecustomize.py"),
+                          ("shadows-program", "site-packages/bin/doas"),
+                          ("shadows-program", "site-packages/bin/kubectl")}, found
+    assert "dep-1.0" in found[("startup-hook", "site-packages/dep/_vendor/sitecustomize.py")]
+    assert "through dep.pth" in found[("startup-hook",
+                                       "site-packages/dep/_vendor/sitecustomize.py")]

@@ -475,3 +475,41 @@ def test_the_tracer_s_reserve_covers_every_persistence_place(path):
 
     assert PERSISTENCE.search(path)
     assert any(mark in path for mark in PERSISTENCE_MARKS)
+
+
+PLACES_SETUP = '''
+import importlib, os, subprocess, sys
+from setuptools import setup
+os.makedirs("/tmp/helper", exist_ok=True)
+with open("/tmp/helper/_build_helper.py", "w") as f:
+    f.write("import os\\ndef grab():\\n    return os.environ.get('AWS_SECRET_ACCESS_KEY')\\n")
+sys.path.insert(0, "/tmp/helper")
+importlib.import_module("_build_helper").grab()
+os.makedirs("/tmp/fk/pip", exist_ok=True)
+with open("/tmp/fk/pip/__main__.py", "w") as f:
+    f.write("import os\\nos.environ.get('GITHUB_TOKEN')\\n")
+subprocess.run([sys.executable, "-m", "pip"], env={**os.environ, "PYTHONPATH": "/tmp/fk"})
+with open(os.path.join(os.path.dirname(sys.executable), "activate"), "a") as f:
+    f.write("true\\n")
+setup(name="places", version="1.0", py_modules=[])
+'''
+
+
+@pytest.mark.slow
+def test_where_code_lies_or_what_argv_says_never_makes_it_detain_s_or_a_dependency_s(tmp_path):
+    """A module the package wrote to /tmp and imported is the package's code; a `-m pip`
+    found on its own PYTHONPATH is not detain's pip (it runs hooked, and is the package's);
+    a write into the install venv detain made is tampering."""
+    needs_index()
+    done, report, events = vet(sdist(tmp_path, "places", {"setup.py": PLACES_SETUP}),
+                               tmp_path)
+    assert done.returncode == 3, done.stderr.decode()[-3000:]
+    reads = {(e["file"], e["detail"].get("name")) for e in events
+             if e.get("decoy") == "read" and e["event"] == "os.environ.get"}
+    assert ("/tmp/helper/_build_helper.py", "AWS_SECRET_ACCESS_KEY") in reads, reads
+    assert ("/tmp/fk/pip/__main__.py", "GITHUB_TOKEN") in reads, reads
+    reasons = " | ".join(report["phases"][0]["report"]["verdict"]["reasons"])
+    assert "detain's sandbox tampered with: /scratch/venv/bin/activate" in " | ".join(
+        s["text"] for p in report["phases"]
+        for s in [{"text": r} for r in p["report"]["verdict"]["reasons"]]) or \
+        any(e["detail"].get("tampers") for e in events), reasons

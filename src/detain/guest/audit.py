@@ -73,6 +73,10 @@ WATCH.update(dict.fromkeys(("pickle.find_class", "marshal.loads", "marshal.load"
                            "deserialize"))
 WATCH.update({"compile": "code", "exec": "code", "import": "import",
               "sys.addaudithook": "hook", "os.environ.get": "env", "os.environ.iter": "env",
+              # around the hook: objects read through the collector (the environment's
+              # dict behind its auditing methods), code run in a subinterpreter (no hook)
+              "gc.get_referents": "hook", "gc.get_referrers": "hook",
+              "gc.get_objects": "hook", "cpython.PyInterpreterState_New": "hook",
               # raised by CodeType() and code.replace(); reported as `code.forged`, only
               # when the job's own frame names another file (see Auditor.forgery)
               "code.__new__": "code", "code.forged": "code"})
@@ -86,6 +90,9 @@ DECOYS_CAP = 64  # decoy variable names taken from a claim
 WATCH.update(dict.fromkeys(SETUP, "setup"))
 VIA_CAP = 8
 STACK_CAP = 300  # frames looked through for an exec'd file's module frame
+# pip's build hooks run from a copy of pyproject_hooks' script in the temp dir (tmpXXXX_…)
+IN_PROCESS = ("tmp", "_in_process.py")
+WRITTEN_TARGET = ("os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.move")
 ORIGINS_CAP = 1024  # threads and exit handlers whose origin is kept
 # Environment names worth a record: what credentials are called. Reading PATH or HOME is
 # what every library does and would only bury these.
@@ -113,6 +120,10 @@ def dependency_name(filename):
         if marker in filename:
             return clip(filename.rsplit(marker, 1)[1].split(os.sep, 1)[0])
     return clip(os.path.basename(filename))
+
+
+def in_process(name):
+    return name.startswith(IN_PROCESS[0]) and name.endswith(IN_PROCESS[1])
 
 
 def nested_codes(code, cache):
@@ -201,6 +212,10 @@ class Auditor:
         self.nested = {}  # exec'd module code -> the code objects it defines
         self.origins = {}  # thread id -> [(file, line, via, kind)]: see remember_origins
         self.site_root = None  # where the vetted package's dependencies are installed
+        self.written = set()  # files the code under test wrote (see wrote)
+        # the interpreter's own install (read-only in every sandbox: its site-packages,
+        # the pip wheel it ships) and Debian's wheels
+        self.installed = (sys.base_prefix.rstrip(os.sep) + os.sep, "/usr/share/python-wheels/")
         self.modules_seen = {}  # id(globals) -> (globals, its exec'd module code)
         self.stream = None  # a forked process's label (after_fork); None: the launcher's
         self.forking = None
@@ -309,13 +324,23 @@ class Auditor:
             return PSEUDO
         if os.path.dirname(filename) == self.guest_dir:
             return GUEST
+        if filename in self.written:
+            return JOB  # code the package wrote itself, then ran
         packages = ("site-packages" + os.sep in filename or "dist-packages" + os.sep in filename)
         if filename.startswith(self.stdlib) and not packages:
             return STDLIB
         if self.dependencies is not None and filename in self.dependencies:
             return DEPENDENCY
-        if self.roots is not None:
-            return JOB if filename.startswith(self.roots) else DEPENDENCY
+        # Vetting, a file is a dependency's only by what installed it, never by where it
+        # lies: a module the package wrote to /tmp or to a dir it named `site-packages`
+        # and then ran is the package's own code.
+        if self.roots is not None:  # pip's build: the package's build dirs are the roots
+            if filename.startswith(self.roots):
+                return JOB
+            return DEPENDENCY if packages or filename.startswith(self.installed) or \
+                in_process(os.path.basename(filename)) else JOB
+        if self.dependencies is not None:  # the import phase: their RECORDs say which
+            return DEPENDENCY if filename.startswith(self.installed) else JOB
         return DEPENDENCY if packages else JOB
 
     def locate(self, event, direct):
@@ -517,11 +542,35 @@ class Auditor:
                     return
             elif event == "marshal.loads":
                 self.unmarshalled(args[0], where)
+            elif category == "file" and not where[3]:
+                self.wrote(event, args)
             if self.admit(event):
                 self.emit(event, category, where, summarise(event, args))
         except Exception as exc:
             key = "<hook error: %s %s>" % (type(exc).__name__, clip(str(exc))[:80])
             self.dropped[key] = self.dropped.get(key, 0) + 1
+
+    def wrote(self, event, args):
+        """Remember a file the code under test wrote, created, moved or copied (capped):
+        code later loaded from it is the package's own, wherever it lies (a module written
+        into the build env's site-packages and imported is not setuptools')."""
+        if event == "open":
+            mode, flags = (*args[1:], None, None)[:2]
+            if not (isinstance(mode, str) and any(c in mode for c in "wax+")) and not (
+                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                return
+            paths = args[:1]
+        elif event in WRITTEN_TARGET:
+            paths = args[1:2]
+        else:
+            return
+        for path in paths:
+            if isinstance(path, bytes):
+                path = os.fsdecode(path)
+            if isinstance(path, str) and len(self.written) < CACHE_CAP:
+                path = os.path.abspath(path)
+                self.written.add(path)
+                self.kinds.pop(path, None)
 
     def churn(self, args):
         path = args[0] if args else None
@@ -690,6 +739,9 @@ def path_of(value):
 
 def summarise(event, args):
     """A few small, JSON-ready fields per event; never the job's objects themselves."""
+    if event.startswith("gc.") or event == "cpython.PyInterpreterState_New":
+        # never the objects: their repr would carry what they hold (the environment)
+        return {"objects": len(args[0]) if args and isinstance(args[0], tuple) else None}
     if event == "open":
         path, mode, flags = (*args, None, None, None)[:3]
         return {"path": path_of(path), "mode": clip(mode) if mode else None,

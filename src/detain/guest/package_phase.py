@@ -27,6 +27,7 @@ process as the package's code, it is in-process evidence like the audit events.
 
 import csv
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -69,8 +70,8 @@ def limited(seconds, func, *args):
 
 CHILD_BOOT = """import os, sys
 def _detain_child_audit():
-    if os.path.basename(sys.argv[0] if sys.argv else "") == "pip":
-        return  # pip itself (and the pip installing build requirements): detain's tool
+    if (sys.argv[0] if sys.argv else "") in %r:
+        return  # detain's pip (and it installing build requirements), by its exact path
     if os.environ.get("NETRC") == %r:
         del os.environ["NETRC"]  # pip's alone: the package's code finds ~/.netrc as usual
     external = sys.modules["_frozen_importlib_external"]
@@ -109,7 +110,14 @@ def guest_helper(name):
     return module
 
 
-def audit_children(prefix, work, tmp, decoys=()):
+def pip_entries(wheel):
+    """How detain's pip is started, as sys.argv[0] says it: the bundled wheel's `pip`, and
+    pip's runner when it installs build requirements. Only these exact paths, in the
+    interpreter's read-only install, go without the child hook (never `-m pip`)."""
+    return [os.path.join(wheel, "pip"), os.path.join(wheel, "pip", "__pip-runner__.py")]
+
+
+def audit_children(prefix, work, tmp, decoys=(), wheel=""):
     """Make every Python of the venv at `prefix` start the child audit hook; returns the
     dir its per-process logs go to. The package's code is what pip builds from: its
     unpacked sdist (pip-req-build-*, pip-install-* for dependencies) or the copied tree.
@@ -123,7 +131,8 @@ def audit_children(prefix, work, tmp, decoys=()):
              os.path.join(work, "src") + os.sep]
     for site_dir in glob.glob(os.path.join(prefix, "lib", "python*", "site-packages")):
         with open(os.path.join(site_dir, CHILD_NAMES[0]), "w") as handle:
-            handle.write(CHILD_BOOT % (PIP_NETRC, guest_path("audit"), log_dir, roots,
+            handle.write(CHILD_BOOT % (pip_entries(wheel), PIP_NETRC, guest_path("audit"),
+                                       log_dir, roots,
                                        [tmp + os.sep, os.path.join(work, "src") + os.sep],
                                        list(decoys)))
         with open(os.path.join(site_dir, CHILD_NAMES[1]), "w") as handle:
@@ -173,7 +182,7 @@ def install(target_dir, artifact, pip_options, decoys=()):
         return {"ok": False, "error": "this interpreter ships no pip wheel (ensurepip)"}
     tmp = os.path.join(work, "tmp")
     os.makedirs(tmp, exist_ok=True)
-    log_dir = audit_children(prefix, work, tmp, decoys)
+    log_dir = audit_children(prefix, work, tmp, decoys, wheel)
     argv = [os.path.join(prefix, "bin", "python"), "-I", os.path.join(wheel, "pip"),
             "install", "--isolated", "--target", target_dir, "--no-cache-dir",
             "--disable-pip-version-check", "--no-input", "--no-warn-script-location",
@@ -291,8 +300,10 @@ def import_all(site_dir, seconds, own=None):
     site.addsitedir(site_dir)  # its .pth files run, whichever distribution's
     results = {}
     # what Python itself runs at every start, whoever installed it (site.main would)
-    for name in STARTUP_MODULES:
-        if os.path.isfile(os.path.join(site_dir, name + ".py")):
+    for name in STARTUP_MODULES:  # the first on sys.path: a .pth path line may put it there
+        spec = importlib.util.find_spec(name)
+        origin = getattr(spec, "origin", None) or ""
+        if origin.startswith(site_dir.rstrip(os.sep) + os.sep):
             results[name] = limited(seconds, importlib.import_module, name)
     names = top_level(site_dir)
     if own:

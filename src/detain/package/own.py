@@ -28,6 +28,8 @@ from ..report.verdict import build_tool_started, mark_dropped, signals
 PHASE_SCRIPT = LAUNCHER.with_name("package_phase.py")
 BUILD_TEMP = f"{SCRATCH}/tmp/"  # package_phase.py's TMPDIR for pip and its builds
 CHILD_LOGS = f"{SCRATCH}/{CHILD_LOG_DIR}/"
+PIP_ENTRIES = (".whl/pip", ".whl/pip/__pip-runner__.py")  # package_phase.pip_entries
+WRITABLE = (f"{SCRATCH}/", "/tmp/", "/var/tmp/", "/dev/shm/", "/run/")  # in a phase
 
 
 class Own:
@@ -80,7 +82,10 @@ class Own:
 
 
 def _is_pip(argv: Any) -> bool:
-    """pip's own command line, as package_phase.py and pip itself start it."""
+    """detain's pip, as package_phase.py and pip itself start it: the interpreter's bundled
+    pip wheel by its path (pip_entries), never a `pip` the package could have written (a
+    `-m pip` found on a PYTHONPATH, a wheel copied to a writable dir)."""
     words = str(argv or "").split()
     return len(words) > 2 and os.path.basename(words[0]).startswith("python") and any(
-        os.path.basename(w) == "pip" for w in words[1:3])
+        w.endswith(PIP_ENTRIES) and "/pip-" in w and not w.startswith(WRITABLE)
+        for w in words[1:3])

@@ -27,6 +27,7 @@ from typing import Any
 from ..api import Sandbox
 from ..backends.auto import Choice
 from ..guest.audit import SECRET_PREFIXES
+from ..guest.package_phase import CHILD_NAMES
 from ..host.interpreter import find_interpreter
 from ..host.tracer import on_by_default
 from ..job import Job
@@ -48,7 +49,7 @@ from .decoys import Decoys, plant
 from .fetch import fetch
 from .identity import project_name
 from .index import IndexConfig, pin_hosts, read_config
-from .own import PHASE_SCRIPT, Own
+from .own import CHILD_LOGS, PHASE_SCRIPT, Own
 from .unpack import unpack
 
 MARKER = b"DETAIN-PHASE "
@@ -91,6 +92,9 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
         if (event.get("detail") or {}).get("unhooked"):
             event["severity"] = "high"
             unhooked.append(str((event.get("detail") or {}).get("argv") or event["summary"]))
+        elif tampers(event):
+            event["severity"] = "high"
+            event["detail"]["tampers"] = True  # a verdict signal (verdict.py)
         elif name == "install" and build_tool_started(event):
             event["severity"] = "low"  # a compiler, git, uname: what builds run
         elif setting and event.get("category") == "env" and str(
@@ -114,6 +118,21 @@ def phase_report(name: str, result: Result, scan: dict[str, Any] | None = None,
             "report": report,
             "output_tail": (stdout[-2000:] + result.stderr[-3000:]).decode("utf-8",
                                                                              "replace")}
+
+
+def tampers(event: dict[str, Any]) -> bool:
+    """Whether the package wrote, moved or removed what detain put in its sandbox to watch
+    it (the child hook's start-up files, its logs) or the install venv detain made (its
+    `bin/activate`, its `python3`: what every later command there runs): only detain's
+    own processes may."""
+    detail = event.get("detail") or {}
+    where = f"{detail.get('path') or ''} {detail.get('target') or ''}"
+    return event.get("category") == "file-write" and (
+        any(name in where for name in CHILD_NAMES) or CHILD_LOGS in where
+        or INSTALL_VENV in where)
+
+
+INSTALL_VENV = f"{SCRATCH}/venv/"  # package_phase.py's
 
 
 def traced(report: dict[str, Any]) -> bool:

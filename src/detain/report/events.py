@@ -43,6 +43,7 @@ KNOWN_EVENTS = {
     "ctypes.dlsym", "ctypes.call_function", "ctypes.cdata", "ctypes.string_at",
     "pickle.find_class", "marshal.loads", "marshal.load", "compile", "exec", "import",
     "sys.addaudithook", "os.environ.get", "os.environ.iter", "code.forged",
+    "gc.get_referents", "gc.get_referrers", "gc.get_objects", "cpython.PyInterpreterState_New",
 }
 VIA_CAP = 8
 SENSITIVE = ("/.ssh/", "/.ssh", ".aws/credentials", "/.netrc", "/etc/shadow", "/.gnupg",

@@ -81,6 +81,14 @@ BUILD_TOOLS = re.compile(
 # detain), and pip's build env (the build requirements pip installed: cmake, ninja ...).
 SYSTEM_PROGRAMS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/",
                    f"{SCRATCH}/venv/bin/", f"{SCRATCH}/tmp/pip-build-env-")
+# What works around the in-process audit hook: what it hides stays unseen, so suspicious
+HOOK_SIGNALS = {
+    "gc.get_referents": ("objects read behind the audit hook", "gc.get_referents"),
+    "gc.get_referrers": ("objects read behind the audit hook", "gc.get_referrers"),
+    "gc.get_objects": ("objects read behind the audit hook", "gc.get_objects"),
+    "cpython.PyInterpreterState_New": ("subinterpreter started, without the audit hook",
+                                       "a new interpreter in the process"),
+}
 SHELL_SYNTAX = re.compile(r"[|;&<>$`]")
 MODE_SUFFIX = re.compile(r" mode [0-7]+$")  # outside_trace.py's chmod targets
 DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
@@ -293,6 +301,9 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
     if event.get("decoy") == "read":
         return MALICIOUS, "decoy credentials read", path or f"environment variable " \
                                                           f"{detail.get('name')}"
+    if detail.get("tampers"):
+        return MALICIOUS, "detain's sandbox tampered with", path or str(
+            event.get("summary"))[:160]
     if event.get("decoy") == "sent":
         return MALICIOUS, "decoy credentials sent", str(event.get("summary") or name)[:160]
     if name == "code.forged":
@@ -323,7 +334,7 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
     if category == "native":
         return SUSPICIOUS, "native code", event.get("summary") or name
     if category == "hook":
-        return SUSPICIOUS, "audit hook added", "sys.addaudithook"
+        return SUSPICIOUS, *HOOK_SIGNALS.get(name, ("audit hook added", name))
     return None
 
 

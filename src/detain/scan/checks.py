@@ -63,8 +63,10 @@ def _decode_head(data: bytes) -> bytes:
 
 # Programs a wheel's scripts (NAME.data/scripts/, installed into the environment's bin dir)
 # must not be called: installing the package would replace them for everything run later.
-SHADOWED = re.compile(r"^(python[0-9.]*|pip[0-9.]*|sh|bash|dash|env|sudo|ls|git|curl|wget|"
-                      r"ssh|gcc|cc|make)$")
+SHADOWED = re.compile(r"^(python[0-9.]*|pip[0-9.]*|sh|bash|dash|zsh|env|sudo|su|doas|ls|cat|"
+                      r"cp|mv|rm|ps|id|whoami|git|curl|wget|nc|ncat|ssh|scp|sftp|rsync|"
+                      r"ssh-add|ssh-agent|gpg2?|openssl|passwd|login|systemctl|crontab|docker|"
+                      r"podman|kubectl|terraform|vault|npm|node|gcc|cc|make)$")
 STARTUP_FILES = ("sitecustomize.py", "usercustomize.py")
 MAX_LISTED = 2000  # entries of an installed dir looked at
 MAX_RECORD = 4 << 20  # characters of one RECORD read
@@ -103,19 +105,50 @@ def check_installed(site: Path) -> list[dict[str, Any]]:
     like an interpreter or a tool. Each named with the distribution whose RECORD lists it."""
     owners = _record_owners(site)
     found = []
-    for rel in sorted([*(n for n in STARTUP_FILES if (site / n).is_file()),
-                       *(f"bin/{n.name}" for n in _listing(site / "bin")
-                         if SHADOWED.match(n.name))]):
+    for rel, through in startup_files(site):
         owner = owners.get(rel, "no distribution's RECORD")
-        placed = "site-packages" if "/" not in rel else "the environment's bin dir"
-        rule, category = ("startup-hook", "persistence") if "/" not in rel else (
-            "shadows-program", "persistence")
-        found.append(finding(rule, "high", category, f"the install put {rel} in {placed} "
-                             f"(from {owner}): it runs "
-                             + ("at every interpreter start" if "/" not in rel else
-                                "in place of that program for everything run there later"),
-                             f"site-packages/{rel}"))
+        how = f", on sys.path through {through}" if through else ""
+        found.append(finding("startup-hook", "high", "persistence",
+                             f"the install put {rel} where Python imports it at every "
+                             f"interpreter start (from {owner}{how})", f"site-packages/{rel}"))
+    for script in (n.name for n in _listing(site / "bin") if SHADOWED.match(n.name)):
+        rel = f"bin/{script}"
+        owner = owners.get(rel, "no distribution's RECORD")
+        found.append(finding("shadows-program", "high", "persistence",
+                             f"the install put {rel} in the environment's bin dir (from "
+                             f"{owner}): it runs in place of that program for everything run "
+                             "there later", f"site-packages/{rel}"))
     return found
+
+
+def startup_files(site: Path) -> list[tuple[str, str | None]]:
+    """(sitecustomize/usercustomize path relative to `site`, the .pth that puts its dir on
+    sys.path or None): at the top, or in any dir a .pth file's path line adds (site imports
+    the first sitecustomize on sys.path, wherever it is)."""
+    dirs: list[tuple[Path, str | None]] = [(site, None)]
+    for pth in (p for p in _listing(site)
+                if p.suffix == ".pth" and not p.is_symlink() and p.is_file()):
+        try:
+            with open(pth, encoding="utf-8", errors="replace") as handle:
+                lines = handle.read(MAX_RECORD).splitlines()
+        except OSError:
+            continue
+        for line in lines[:MAX_LISTED]:
+            line = line.strip()
+            if line and not line.startswith(("#", "import ", "import\t")):
+                dirs.append((site / line, pth.name))
+    found = []
+    root = site.resolve()
+    for directory, through in dirs:
+        for name in STARTUP_FILES:
+            path = directory / name
+            try:
+                inside = path.resolve().is_relative_to(root) and path.is_file()
+            except OSError:
+                inside = False
+            if inside:
+                found.append((path.resolve().relative_to(root).as_posix(), through))
+    return sorted(set(found), key=lambda item: item[0])
 
 
 def _listing(directory: Path) -> list[Path]:
@@ -130,8 +163,11 @@ def _record_owners(site: Path) -> dict[str, str]:
     (capped: the RECORDs were written where the package's code ran)."""
     owners: dict[str, str] = {}
     for dist_info in (d for d in _listing(site) if d.name.endswith(".dist-info")):
+        record = dist_info / "RECORD"
+        if record.is_symlink() or not record.is_file():
+            continue  # the tree is the package's: no link out of it, no FIFO to block on
         try:
-            with open(dist_info / "RECORD", encoding="utf-8", errors="replace") as handle:
+            with open(record, encoding="utf-8", errors="replace") as handle:
                 rows = handle.read(MAX_RECORD).splitlines()
         except OSError:
             continue
