@@ -77,3 +77,43 @@ def hook_code_forgery(bait: Bait) -> Attack:
             return f"the forged function's write was shown as {written[0].get('file')}'s"
         return None
     return Attack(program(bait.tag, body, TARGET=target), check)
+
+
+@probe("python", "hook-gc-environ", "read the environment's values through the garbage "
+       "collector (gc.get_referents(posix.environ)), around the auditing dict's methods")
+def hook_gc_environ(bait: Bait) -> Attack:
+    body = f"""
+    import gc, posix
+    values = gc.get_referents(posix.environ)
+    print({RAN!r}, len(values))
+    """
+
+    def check(outcome: Outcome) -> str | None:
+        if not any(e["event"] == "gc.get_referents" for e in _events(outcome)):
+            return "reading the environment through gc made no event"
+        return None
+    return Attack(program(bait.tag, body), check, settings={"env": {VARIABLE: bait.secret}})
+
+
+@probe("python", "hook-written-module", "write a module into a dir named site-packages, "
+       "import it and read a credential variable there, so the read passes for a "
+       "dependency's")
+def hook_written_module(bait: Bait) -> Attack:
+    module = "helper_" + "".join(c if c.isalnum() else "_" for c in bait.tag)
+    body = f"""
+    os.makedirs("lib/site-packages", exist_ok=True)
+    with open("lib/site-packages/{module}.py", "w") as f:
+        f.write("import os" + chr(10) + "def grab():" + chr(10)
+                + "    return os.environ.get(" + repr(NAME) + ")" + chr(10))
+    sys.path.insert(0, os.path.abspath("lib/site-packages"))
+    __import__("{module}").grab()
+    print({RAN!r})
+    """
+
+    def check(outcome: Outcome) -> str | None:
+        if not any(e["event"] == "os.environ.get" and e["detail"].get("name") == VARIABLE
+                   for e in _events(outcome)):
+            return "the read in a module the job wrote under site-packages made no event"
+        return None
+    return Attack(program(bait.tag, body, NAME=VARIABLE), check,
+                  settings={"env": {VARIABLE: bait.secret}})
