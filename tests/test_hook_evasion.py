@@ -254,7 +254,8 @@ def test_selftest_probes_of_the_hook(backend):
 
     require(backend)
     chosen = [p for p in PROBES if p.id.startswith("python.hook-")]
-    assert {p.id for p in chosen} == {"python.hook-environ-bypass", "python.hook-code-forgery"}
+    assert {p.id for p in chosen} == {"python.hook-environ-bypass", "python.hook-code-forgery",
+                                      "python.hook-gc-environ", "python.hook-written-module"}
     with Session() as session:
         result = run_target(resolve([backend])[0][0], session, probes=chosen)
     allowed = {CONTAINED} if backend == "bwrap" else {CONTAINED, NOT_APPLICABLE}
@@ -262,10 +263,11 @@ def test_selftest_probes_of_the_hook(backend):
 
 
 AROUND_THE_HOOK = """\
-import gc, posix
+import gc, importlib, posix
 values = gc.get_referents(posix.environ)
 import _xxsubinterpreters
 _xxsubinterpreters.destroy(_xxsubinterpreters.create())
+importlib.import_module("_test" + "capi").run_in_subinterp("pass")
 """
 
 
@@ -275,6 +277,26 @@ def test_reading_around_the_hook_is_suspicious_and_never_copies_what_it_read(tmp
     report = run_job(tmp_path, AROUND_THE_HOOK, "--env", "AWS_SECRET_ACCESS_KEY=sekrit-value")
     assert report["verdict"]["level"] == "suspicious", report["verdict"]
     kinds = set(report["verdict"]["signals"])
-    assert kinds == {"objects read behind the audit hook",
+    assert kinds == {"objects read behind the audit hook", "interpreter internals loaded",
                      "subinterpreter started, without the audit hook"}, kinds
     assert "sekrit-value" not in json.dumps(report["events"])
+
+
+def test_a_shipped_pyc_compiled_under_a_stdlib_name_is_the_package_s(tmp_path):
+    """A sourceless .pyc keeps the file name it was compiled under: one claiming to be the
+    stdlib's _sitebuiltins (or `<frozen os>`) is code forged, and its decoy read counts."""
+    import py_compile
+
+    from test_package import build_wheel
+
+    source = tmp_path / "impl.py"
+    source.write_text("import os\nos.environ.get('DATABASE_URL')\n")
+    forged = os.path.join(os.path.dirname(os.__file__), "_sitebuiltins.py")
+    compiled = Path(py_compile.compile(str(source), cfile=str(tmp_path / "impl.pyc"),
+                                       dfile=forged))
+    wheel = build_wheel(tmp_path, "detain_selftest_pyc", {
+        "detain_selftest_pyc/__init__.py": b"from . import _impl\n",
+        "detain_selftest_pyc/_impl.pyc": compiled.read_bytes()})
+    report = vet(str(wheel), Policy().merge({"backend": "bwrap", "timeout": 120}, "test"))
+    signals = report["verdict"]["signals"]
+    assert "code forged" in signals and "decoy credentials read" in signals, report["verdict"]

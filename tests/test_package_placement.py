@@ -62,15 +62,22 @@ def test_a_sitecustomize_a_pth_path_line_reaches_and_shadow_scripts_are_found(tm
     (site / "dep.pth").write_text("# vendored\ndep/_vendor\nimport sys\n")
     (site / "outside.pth").symlink_to("/etc/hostname")
     (site / "bin").mkdir()
-    for script in ("doas", "kubectl", "dep-cli"):
+    for script in ("doas", "kubectl", "dep-cli", "twine", "pytest"):
         (site / "bin" / script).write_text("#!/bin/sh\n")
+    (site / "pytest-9.0.dist-info").mkdir()  # pytest's own console script is no shadow
+    (site / "pytest-9.0.dist-info" / "entry_points.txt").write_text(
+        "[console_scripts]\npytest = pytest:console_main\n")
+    (site / "sitecustomize").mkdir()  # a package is importable as sitecustomize too
+    (site / "sitecustomize" / "__init__.py").write_text("")
     (site / "dep-1.0.dist-info").mkdir()
     (site / "dep-1.0.dist-info" / "RECORD").write_text(
         "dep.pth,,\ndep/_vendor/sitecustomize.py,,\nbin/doas,,\n")
     found = {(f["rule"], f["file"]): f["message"] for f in check_installed(site)}
     assert set(found) == {("startup-hook", "site-packages/dep/_vendor/sitecustomize.py"),
+                          ("startup-hook", "site-packages/sitecustomize"),
                           ("shadows-program", "site-packages/bin/doas"),
-                          ("shadows-program", "site-packages/bin/kubectl")}, found
+                          ("shadows-program", "site-packages/bin/kubectl"),
+                          ("shadows-program", "site-packages/bin/twine")}, found
     assert "dep-1.0" in found[("startup-hook", "site-packages/dep/_vendor/sitecustomize.py")]
     assert "through dep.pth" in found[("startup-hook",
                                        "site-packages/dep/_vendor/sitecustomize.py")]

@@ -105,7 +105,8 @@ SECRET_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "GITHUB_", "GH_", "GITLA
 STDLIB, GUEST, JOB, DEPENDENCY, PSEUDO = 0, 1, 2, 3, 4
 FORGING = ("code.__new__", "compile")  # events whose args[1] names the code's file
 FORGED_BY = {"code.__new__": "CodeType/replace", "compile": "compile",
-             "marshal.loads": "marshal"}
+             "marshal.loads": "marshal", "exec": "a module's compiled file (.pyc)"}
+IMPORTLIB_ENTRY = os.sep + os.path.join("importlib", "__init__.py")
 MARSHAL_CAP = 1 << 20  # bytes a job unmarshals that are looked through for code objects
 UNDER_TEST = (JOB, PSEUDO)
 # os.getenv and Mapping.get: frozen in the interpreter, or source files where not
@@ -305,6 +306,31 @@ class Auditor:
                       {"filename": clip(filename), "name": clip(name) if name else None,
                        "by": FORGED_BY[event]})
 
+    def misnamed_module(self, code):
+        """A module the import system is running whose code names another file than the
+        one it was loaded from: a sourceless .pyc keeps whatever file name it was compiled
+        under (the stdlib's, `<frozen os>`). When the file it came from is the code under
+        test's, that is a forgery: reported at the import, and its code is the job's."""
+        frame = sys._getframe(3)  # importlib's exec(code, module.__dict__): hook, routine
+        if not frame.f_code.co_filename.startswith("<frozen importlib"):
+            return
+        args = frame.f_locals.get("args")
+        module = args[1] if isinstance(args, tuple) and len(args) > 1 else None
+        origin = module.get("__file__") if isinstance(module, dict) else None
+        if not isinstance(origin, str) or origin == code.co_filename or \
+                self.classify(origin) not in UNDER_TEST:
+            return
+        outer = frame
+        while outer is not None and outer.f_code.co_filename.startswith("<frozen "):
+            outer = outer.f_back
+        where = self.resolve(outer, None) if outer is not None and self.kind_of(
+            outer.f_code) in UNDER_TEST else (self.display(origin), 0, [], None)
+        names = sorted({c.co_name for c in nested_codes(code, self.nested)})[:FORGED_CAP]
+        self.forgery("exec", code.co_filename, names[0], where)  # reported once
+        known = self.forged.get(code.co_filename)
+        if known is not None and known[2] is not None:
+            known[2].update(names)
+
     def classify(self, filename):
         """STDLIB, GUEST, JOB, DEPENDENCY or PSEUDO (`<string>`: made by exec/compile) for
         a code object's filename (cached: one dict hit)."""
@@ -359,7 +385,11 @@ class Auditor:
         if direct:
             if event != "import" and self.frozen(frame.f_code, "<frozen importlib"):
                 return None
-            while frame is not None and self.frozen(frame.f_code):
+            # importlib.import_module() is the import statement of code that names its
+            # module at run time: its caller is the one that imported
+            while frame is not None and (self.frozen(frame.f_code) or (
+                    frame.f_code.co_filename.endswith(IMPORTLIB_ENTRY)
+                    and self.classify(frame.f_code.co_filename) == STDLIB)):
                 frame = frame.f_back
             if frame is None or self.kind_of(frame.f_code) not in UNDER_TEST:
                 return None
@@ -639,7 +669,10 @@ class Auditor:
         if event == "os.environ.get":
             return not self.watched(args[0])
         if event == "exec":
-            return hasattr(args[0], "co_filename") and self.kind_of(args[0]) == STDLIB
+            if not hasattr(args[0], "co_filename") or self.kind_of(args[0]) in UNDER_TEST:
+                return False
+            self.misnamed_module(args[0])
+            return self.kind_of(args[0]) == STDLIB
         if event == "open" and len(args) > 1 and args[1] == "r":
             return isinstance(args[0], str) and self.classify(args[0]) == STDLIB
         if event == "code.__new__":  # legit code (types.coroutine) keeps its own name

@@ -300,10 +300,12 @@ def import_all(site_dir, seconds, own=None):
     site.addsitedir(site_dir)  # its .pth files run, whichever distribution's
     results = {}
     # what Python itself runs at every start, whoever installed it (site.main would)
-    for name in STARTUP_MODULES:  # the first on sys.path: a .pth path line may put it there
+    # the first on sys.path, wherever a .pth path line put it (a dir, a zip), unless it is
+    # the interpreter's own
+    for name in STARTUP_MODULES:
         spec = importlib.util.find_spec(name)
         origin = getattr(spec, "origin", None) or ""
-        if origin.startswith(site_dir.rstrip(os.sep) + os.sep):
+        if origin and not origin.startswith((sys.base_prefix + os.sep, "/etc/")):
             results[name] = limited(seconds, importlib.import_module, name)
     names = top_level(site_dir)
     if own:

@@ -89,6 +89,10 @@ HOOK_SIGNALS = {
     "cpython.PyInterpreterState_New": ("subinterpreter started, without the audit hook",
                                        "a new interpreter in the process"),
 }
+# CPython's test and subinterpreter modules: no package needs them, and they run code
+# where the audit hook is not (`_testcapi.run_in_subinterp` raises no event at all)
+AROUND_THE_HOOK = ("_testcapi", "_testinternalcapi", "_xxsubinterpreters",
+                   "_xxinterpchannels", "_testmultiphase", "_testsinglephase")
 SHELL_SYNTAX = re.compile(r"[|;&<>$`]")
 MODE_SUFFIX = re.compile(r" mode [0-7]+$")  # outside_trace.py's chmod targets
 DELETIONS = ("unlink", "remove", "rmdir", "rmtree")
@@ -335,6 +339,9 @@ def _signal(event: dict[str, Any], allowed: list[str]) -> tuple[str, str, str] |
         return SUSPICIOUS, "native code", event.get("summary") or name
     if category == "hook":
         return SUSPICIOUS, *HOOK_SIGNALS.get(name, ("audit hook added", name))
+    if name == "import" and str(detail.get("module")).split(".")[0] in AROUND_THE_HOOK:
+        return SUSPICIOUS, "interpreter internals loaded", (
+            f"{detail.get('module')}: runs code in a subinterpreter, which has no audit hook")
     return None
 
 

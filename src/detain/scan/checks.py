@@ -17,6 +17,7 @@ import ast
 import base64
 import binascii
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,14 @@ SHADOWED = re.compile(r"^(python[0-9.]*|pip[0-9.]*|sh|bash|dash|zsh|env|sudo|su|
                       r"ssh-add|ssh-agent|gpg2?|openssl|passwd|login|systemctl|crontab|docker|"
                       r"podman|kubectl|terraform|vault|npm|node|gcc|cc|make)$")
 STARTUP_FILES = ("sitecustomize.py", "usercustomize.py")
+# What developers run from an environment's bin: a script of that name is a shadow unless
+# its distribution declares it as a console script (pytest's own `pytest`)
+DEV_TOOLS = re.compile(r"^(python[0-9.]*|pip[0-9.]*|twine|poetry|pytest|py\.test|tox|nox|uv|uvx|"
+                       r"black|ruff|flake8|mypy|pylint|isort|ipython[0-9]*|jupyter[\w-]*|"
+                       r"pre-commit|virtualenv|pipx|hatch|pdm|conda|mamba|tar|find|grep|less|"
+                       r"more|vi|vim|nano|awk|sed|base64|xargs|sort|head|tail|tee|chmod|"
+                       r"chown|ln|mkdir|touch|kill|sleep|date|hostname|uname|which)$")
+STARTUP_MODULES = ("sitecustomize", "usercustomize")
 MAX_LISTED = 2000  # entries of an installed dir looked at
 MAX_RECORD = 4 << 20  # characters of one RECORD read
 
@@ -108,10 +117,15 @@ def check_installed(site: Path) -> list[dict[str, Any]]:
     for rel, through in startup_files(site):
         owner = owners.get(rel, "no distribution's RECORD")
         how = f", on sys.path through {through}" if through else ""
-        found.append(finding("startup-hook", "high", "persistence",
-                             f"the install put {rel} where Python imports it at every "
-                             f"interpreter start (from {owner}{how})", f"site-packages/{rel}"))
-    for script in (n.name for n in _listing(site / "bin") if SHADOWED.match(n.name)):
+        what = (f"the install put {rel} where Python imports it at every interpreter start "
+                f"(from {owner}{how})") if " -> " not in rel else (
+            f"{through} puts a dir outside what was installed on sys.path ({rel}), where "
+            "a sitecustomize Python imports at every start can be put later")
+        found.append(finding("startup-hook", "high", "persistence", what,
+                             f"site-packages/{rel}"))
+    entry_points = _console_scripts(site)
+    for script in (n.name for n in _listing(site / "bin") if SHADOWED.match(n.name) or (
+            DEV_TOOLS.match(n.name) and n.name not in entry_points)):
         rel = f"bin/{script}"
         owner = owners.get(rel, "no distribution's RECORD")
         found.append(finding("shadows-program", "high", "persistence",
@@ -140,15 +154,57 @@ def startup_files(site: Path) -> list[tuple[str, str | None]]:
     found = []
     root = site.resolve()
     for directory, through in dirs:
-        for name in STARTUP_FILES:
-            path = directory / name
+        try:
+            place = directory.resolve()
+        except OSError:
+            continue
+        if not place.is_relative_to(root):
+            if through:  # outside what was installed: not to be looked into on the host
+                found.append((f"{through} -> {directory.name}", through))
+            continue
+        if place.is_file():  # a zip on sys.path: zipimport reads modules from it
             try:
-                inside = path.resolve().is_relative_to(root) and path.is_file()
-            except OSError:
-                inside = False
-            if inside:
-                found.append((path.resolve().relative_to(root).as_posix(), through))
+                with zipfile.ZipFile(place) as archive:
+                    names = archive.namelist()[:MAX_LISTED]
+            except (OSError, zipfile.BadZipFile):
+                names = []
+            found += [(f"{place.relative_to(root).as_posix()}/{n}", through)
+                      for n in names if _startup_name(n)]
+            continue
+        found += [(entry.relative_to(root).as_posix(), through)
+                  for entry in _listing(place) if _startup_name(entry.name)]
     return sorted(set(found), key=lambda item: item[0])
+
+
+def _startup_name(name: str) -> bool:
+    """Whether `name` is importable as sitecustomize/usercustomize: a .py, a sourceless
+    .pyc, an extension module, or a package dir (`sitecustomize/`)."""
+    stem, _, suffix = name.rstrip("/").partition(".")
+    return stem in STARTUP_MODULES and (
+        not suffix or suffix in ("py", "pyc") or suffix.endswith(("so", "pyd")))
+
+
+def _console_scripts(site: Path) -> set[str]:
+    """The console_scripts every installed distribution declares (pip writes their
+    launchers into bin: pytest's `pytest` is pytest's own, not a shadow)."""
+    names: set[str] = set()
+    for dist_info in (d for d in _listing(site) if d.name.endswith(".dist-info")):
+        entry_points = dist_info / "entry_points.txt"
+        if entry_points.is_symlink() or not entry_points.is_file():
+            continue
+        try:
+            with open(entry_points, encoding="utf-8", errors="replace") as handle:
+                text = handle.read(MAX_RECORD)
+        except OSError:
+            continue
+        section = ""
+        for line in text.splitlines()[:MAX_LISTED]:
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[console_scripts]" and "=" in line:
+                names.add(line.split("=", 1)[0].strip())
+    return names
 
 
 def _listing(directory: Path) -> list[Path]:
