@@ -311,7 +311,10 @@ class Auditor:
         one it was loaded from: a sourceless .pyc keeps whatever file name it was compiled
         under (the stdlib's, `<frozen os>`). When the file it came from is the code under
         test's, that is a forgery: reported at the import, and its code is the job's."""
-        frame = sys._getframe(3)  # importlib's exec(code, module.__dict__): hook, routine
+        try:
+            frame = sys._getframe(3)  # importlib's exec(code, module.__dict__): hook, routine
+        except ValueError:  # exec'd from C near the bottom of the stack: not an import
+            return
         if not frame.f_code.co_filename.startswith("<frozen importlib"):
             return
         args = frame.f_locals.get("args")
@@ -439,7 +442,10 @@ class Auditor:
     def origin_here(self, kind):
         """(file, line, via, kind): the innermost frame of the code under test calling
         the runtime's scheduler, or what the current thread was itself scheduled by."""
-        frame = sys._getframe(2)
+        try:
+            frame = sys._getframe(2)
+        except ValueError:  # called from C with no Python caller
+            return None
         for _ in range(STACK_CAP):
             if frame is None:
                 break
