@@ -53,6 +53,7 @@ def kernel(event: str, category: str, **detail) -> dict:
     hook("open", "file-write", path="/scratch/.bashrc", mode="a"),
     kernel("kernel.rename", "file-write", target="/tmp/x -> /usr/lib/python3/sitecustomize.py"),
     hook("open", "file-write", path="/scratch/.config/systemd/user/x.service", mode="w"),
+    kernel("kernel.openat", "file-write", target="/tmp/.pylib/sitecustomize.py"),
 ])
 def test_high_signals_are_malicious_looking(event):
     result = verdict([event], INDEX)
@@ -467,7 +468,7 @@ def test_a_python_outside_the_hook_and_a_dropped_build_tool_are_seen(tmp_path):
     "/var/spool/cron/crontabs/root", "/etc/systemd/system/x.service", "/etc/rc.local",
     "/etc/ld.so.preload", "/root/.ssh/authorized_keys", "/Users/u/Library/LaunchAgents/x",
     "/v/lib/python3.11/site-packages/x.pth", "/v/site-packages/sitecustomize.py",
-    "/usr/lib/python3.11/usercustomize.py"])
+    "/usr/lib/python3.11/usercustomize.py", "/tmp/.lib/sitecustomize/__init__.py"])
 def test_the_tracer_s_reserve_covers_every_persistence_place(path):
     """The outside tracer keeps writes to PERSISTENCE_MARKS past its cap; whatever the
     verdict calls persistence must be among them, or a flood could push it out."""

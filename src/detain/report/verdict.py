@@ -57,8 +57,9 @@ PERSISTENCE = re.compile(
     r"systemd/|rc\.local|ld\.so\.preload)|/var/spool/cron|crontab|/\.ssh/authorized_keys"
     r"|/Library/LaunchAgents/"
     # what Python runs at start-up: a site dir's .pth files and sitecustomize, the stdlib's
-    r"|-packages/([^/]+\.pth|sitecustomize\.py|usercustomize\.py)$"
-    r"|/(lib|etc)/python3[0-9.]*/(sitecustomize|usercustomize)\.py$)")
+    r"|-packages/[^/]+\.pth$"
+    # and a sitecustomize/usercustomize anywhere: a .pth line can put any dir on sys.path
+    r"|/(sitecustomize|usercustomize)(\.py|\.pyc|/__init__\.py)$)")
 # The same places as substrings, for the outside tracer (host/tracer.py), which keeps a
 # write to any of them in its reserve: a superset of what PERSISTENCE matches, so no flood
 # pushes a persistence write out before the verdict sees it (test_verdict checks the two).
